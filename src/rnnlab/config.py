@@ -1,0 +1,137 @@
+"""Configuration: `conf/` (Hydra) is the source, `params.yaml` (its composition) is what stages read.
+
+DVC's Hydra integration recomposes params.yaml from conf/ on every `dvc exp run` (with its `-S`
+overrides); plain `dvc repro` never does. So:
+  * stage scripts read params.yaml (`load_params`) and turn sections into small dataclasses (`section`);
+  * `python -m rnnlab.config [overrides]` recomposes params.yaml by hand, exactly as DVC would;
+  * the `params` stage (`check_fresh`) notices conf/ edited without recomposing and says what to run.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import os
+import sys
+from pathlib import Path
+from typing import Any, TypeVar
+
+from rnnlab.errors import UserError, entry_point
+from rnnlab.files import write_json
+
+PARAMS = Path("params.yaml")
+CONF_DIR = Path("conf")
+CONFIG_NAME = "config"
+T = TypeVar("T")
+
+
+def load_params(path: str | Path = PARAMS):
+    """params.yaml as an OmegaConf DictConfig."""
+    from omegaconf import OmegaConf
+
+    if not Path(path).exists():
+        raise UserError(f"no {path} here; run from the repository root, or create it: python -m rnnlab.config")
+    return OmegaConf.load(path)
+
+
+def section(cfg: Any, cls: type[T], key: str) -> T:
+    """Build dataclass `cls` from `cfg[key]`; `name` (the group option) is metadata and is skipped."""
+    from omegaconf import OmegaConf
+
+    values = OmegaConf.to_container(cfg[key], resolve=True) if OmegaConf.is_config(cfg[key]) else dict(cfg[key])
+    values.pop("name", None)
+    missing = [k for k, v in values.items() if v == "???"]
+    if missing:
+        raise UserError(f"{key}.{missing[0]} must be set: add {key}.{missing[0]}=<value> to your overrides")
+    valid = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(values) - valid)
+    if unknown:
+        raise UserError(f"unknown key {key}.{unknown[0]}; valid keys of {key}: {', '.join(sorted(valid))}")
+    return cls(**values)
+
+
+def group_options(group: str, conf_dir: Path = CONF_DIR) -> list[str]:
+    return sorted(p.stem for p in (conf_dir / group).glob("*.yaml"))
+
+
+def compose(overrides: list[str] = (), conf_dir: Path = CONF_DIR):
+    """Compose conf/ with Hydra overrides (as DVC does), turning Hydra's errors into one line."""
+    from hydra import compose as hydra_compose
+    from hydra import initialize_config_dir
+    from hydra.errors import ConfigCompositionException, MissingConfigException, OverrideParseException
+    from omegaconf import OmegaConf
+
+    try:
+        with initialize_config_dir(str(Path(conf_dir).resolve()), version_base=None):
+            cfg = hydra_compose(CONFIG_NAME, overrides=list(overrides))
+    except MissingConfigException as err:
+        group = (err.missing_cfg_file or "").split("/")[0]
+        choice = next((o.split("=", 1)[1] for o in overrides if o.split("=", 1)[0].lstrip("+~") == group), "?")
+        raise UserError(
+            f"unknown option {group}={choice}; valid options: {', '.join(group_options(group, Path(conf_dir)))}"
+        ) from None
+    except (ConfigCompositionException, OverrideParseException) as err:
+        first = str(err).strip().splitlines()[0]
+        raise UserError(f"{first} (check the override's spelling against conf/)") from None
+    OmegaConf.resolve(cfg)
+    return cfg
+
+
+def to_yaml(cfg) -> str:
+    from omegaconf import OmegaConf
+
+    return OmegaConf.to_yaml(cfg)
+
+
+def write_params(overrides: list[str] = (), path: Path = PARAMS, conf_dir: Path = CONF_DIR) -> None:
+    from rnnlab.files import write_text
+
+    write_text(path, to_yaml(compose(overrides, conf_dir)))
+
+
+# --- noticing a stale params.yaml ---------------------------------------------------------------------------
+
+
+def tree_hashes(conf_dir: Path) -> dict[str, str]:
+    return {str(p.relative_to(conf_dir)): hashlib.sha256(p.read_bytes()).hexdigest()[:16]
+            for p in sorted(conf_dir.rglob("*.yaml"))}
+
+
+def check_fresh(state_path: Path, params_path: Path = PARAMS, conf_dir: Path = CONF_DIR) -> None:
+    """Fail when conf/ changed since the last check while params.yaml did not (nobody recomposed it).
+
+    Inside `dvc exp run` (DVC_EXP_NAME set) params.yaml was just composed by DVC, so it is fresh. An edit
+    that changes nothing in the composition (a comment, an option not selected) is not reported.
+    """
+    now = {"params": hashlib.sha256(params_path.read_bytes()).hexdigest()[:16], "conf": tree_hashes(conf_dir)}
+    before = json.loads(state_path.read_text()) if state_path.exists() else None
+    if before and "DVC_EXP_NAME" not in os.environ and before["params"] == now["params"]:
+        changed = sorted(k for k in set(now["conf"]) | set(before["conf"]) if now["conf"].get(k) != before["conf"].get(k))
+        if changed and not composes_to_params(params_path, conf_dir):
+            raise UserError(
+                f"params.yaml is stale: conf/{changed[0]} changed after params.yaml was composed, and `dvc repro` "
+                "never recomposes; run `dvc exp run` (it recomposes conf/ into params.yaml; repeat your -S overrides), "
+                "or `python -m rnnlab.config [overrides]` and then `dvc repro`"
+            )
+    write_json(state_path, now)
+
+
+def composes_to_params(params_path: Path, conf_dir: Path) -> bool:
+    """Does composing conf/ with the group options recorded in params.yaml give params.yaml?"""
+    from omegaconf import OmegaConf
+
+    params = load_params(params_path)
+    choices = [f"{g}={params[g].name}" for g in params if OmegaConf.is_dict(params[g]) and "name" in params[g]]
+    return to_yaml(compose(choices, conf_dir)) == params_path.read_text(encoding="utf-8")
+
+
+@entry_point
+def main() -> None:
+    """`python -m rnnlab.config [overrides]`: recompose params.yaml from conf/ (what `dvc exp run -S` does)."""
+    write_params(sys.argv[1:])
+    print(f"wrote {PARAMS} from {CONF_DIR}/ with overrides: {' '.join(sys.argv[1:]) or '(none)'}")
+
+
+if __name__ == "__main__":
+    main()

