@@ -41,13 +41,13 @@ def section(cfg: Any, cls: type[T], key: str) -> T:
 
     values = OmegaConf.to_container(cfg[key], resolve=True) if OmegaConf.is_config(cfg[key]) else dict(cfg[key])
     values.pop("name", None)
-    missing = [k for k, v in values.items() if v == "???"]
-    if missing:
-        raise UserError(f"{key}.{missing[0]} must be set: add {key}.{missing[0]}=<value> to your overrides")
     valid = {f.name for f in dataclasses.fields(cls)}
     unknown = sorted(set(values) - valid)
     if unknown:
         raise UserError(f"unknown key {key}.{unknown[0]}; valid keys of {key}: {', '.join(sorted(valid))}")
+    missing = [k for k, v in values.items() if v == "???"]
+    if missing:
+        raise UserError(f"{key}.{missing[0]} must be set: add {key}.{missing[0]}=<value> to your overrides")
     return cls(**values)
 
 
@@ -73,7 +73,8 @@ def compose(overrides: list[str] = (), conf_dir: Path = CONF_DIR):
         ) from None
     except (ConfigCompositionException, OverrideParseException) as err:
         first = str(err).strip().splitlines()[0]
-        raise UserError(f"{first} (check the override's spelling against conf/)") from None
+        groups = ", ".join(sorted(p.name for p in Path(conf_dir).iterdir() if p.is_dir()))
+        raise UserError(f"{first} Check the override's spelling; config groups: {groups}") from None
     OmegaConf.resolve(cfg)
     return cfg
 

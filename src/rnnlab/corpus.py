@@ -152,7 +152,7 @@ def read_files(spec: CorpusSpec, raw_dir: Path) -> tuple[str, str]:
     paths = resolve_paths(spec.path)
     blobs = [p.read_bytes() for p in paths]
     texts = [decode_utf8(b, str(p)) for b, p in zip(blobs, paths)]
-    return "\n".join(t if t.endswith("\n") or not t else t + "\n" for t in texts), sha256_bytes(b"".join(blobs))
+    return "".join(t if t.endswith("\n") or not t else t + "\n" for t in texts), sha256_bytes(b"".join(blobs))
 
 
 def read_url(spec: CorpusSpec, raw_dir: Path) -> tuple[str, str]:

@@ -1,0 +1,108 @@
+"""Stateful truncated-BPTT batches: B parallel token streams cut into T-step windows.
+
+As in pytorch/examples `word_language_model` (`batchify` / `get_batch`). An encoded split is one long
+token stream; `batchify` cuts it into B contiguous pieces, one per row, dropping the remainder that
+does not fill a whole row:
+
+    stream   a b c d e f g h i j k l m n o p q r s t u v w x y z        26 tokens, B = 4 -> N = 6 per row
+                                                                        ("y z" is dropped)
+             ┌ a b c d e f ┐  row 0
+             │ g h i j k l │  row 1
+             │ m n o p q r │  row 2
+             └ s t u v w x ┘  row 3
+
+`StreamWindows` then walks along the rows in windows of T = bptt steps; y is x shifted by one token,
+so the last target of window k is the first input of window k+1. With T = 2 (N - 1 = 5 targets a row,
+the last window is shorter instead of dropped):
+
+             window 0          window 1          window 2
+             x     y           x     y           x   y
+    row 0    a b   b c         c d   d e         e   f
+    row 1    g h   h i         i j   j k         k   l
+    row 2    m n   n o         o p   p q         q   r
+    row 3    s t   t u         u v   v w         w   x
+
+Window k+1 continues window k in every row, so the LightningModule carries the final hidden state of
+one batch, detached, into the next: gradients flow back at most T steps (truncated BPTT) while the
+state has seen the whole stream so far. Hence no shuffling, and the DataLoader gets `batch_size=None`
+because each item already is a whole (B, T) batch.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import lightning.pytorch as pl
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+from rnnlab.errors import UserError
+from rnnlab.vocab import load_ids
+
+
+def batchify(ids: np.ndarray, batch_size: int) -> torch.Tensor:
+    """1-D token ids -> (B, N) LongTensor whose row r is the r-th contiguous chunk of the stream."""
+    assert ids.ndim == 1, "an encoded split is a 1-D array"
+    n = len(ids) // batch_size
+    return torch.from_numpy(ids[: n * batch_size].astype(np.int64)).view(batch_size, n)  # (B, N)
+
+
+class StreamWindows(Dataset):
+    """The k-th item is window k: `(x, y)`, both (B, T), y is x shifted by one (see the module docstring)."""
+
+    def __init__(self, ids: np.ndarray, batch_size: int, bptt: int, split: str = "train") -> None:
+        if len(ids) // batch_size < bptt + 1:
+            raise UserError(
+                f"the {split} split has {len(ids)} tokens, too few for one window of data.bptt+1={bptt + 1} "
+                f"tokens in each of {batch_size} streams (needs {batch_size * (bptt + 1)}); lower "
+                "data.batch_size (data.eval_batch_size for val/test) or data.bptt, or use more data"
+            )
+        self.data = batchify(ids, batch_size)  # (B, N)
+        self.bptt = bptt
+
+    def __len__(self) -> int:
+        targets = self.data.shape[1] - 1  # the last token of a row is never an input
+        return -(-targets // self.bptt)  # ceil: the last window may be shorter
+
+    def __getitem__(self, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+        if not 0 <= k < len(self):
+            raise IndexError(k)
+        i = k * self.bptt
+        t = min(self.bptt, self.data.shape[1] - 1 - i)
+        return self.data[:, i: i + t], self.data[:, i + 1: i + 1 + t]  # (B, T), (B, T)
+
+
+class StreamDataModule(pl.LightningDataModule):
+    """Train, val and test windows from `vocab_dir/{train,val,test}.npy` (written by the vocab stage)."""
+
+    def __init__(self, vocab_dir: str | Path, batch_size: int, bptt: int, eval_batch_size: int) -> None:
+        super().__init__()
+        for key, value in (("batch_size", batch_size), ("bptt", bptt), ("eval_batch_size", eval_batch_size)):
+            if value < 1:
+                raise UserError(f"data.{key}={value} must be at least 1")
+        self.vocab_dir = Path(vocab_dir)
+        self.batch_size, self.bptt, self.eval_batch_size = batch_size, bptt, eval_batch_size
+
+    def setup(self, stage: str | None = None) -> None:
+        # Under DDP Lightning would swap in a DistributedSampler that deals windows out to ranks,
+        # so no rank would see consecutive windows and the carried state would be wrong.
+        if self.trainer is not None and self.trainer.world_size > 1:
+            raise UserError("stateful stream batches run in one process; set trainer.devices=1")
+
+    def train_dataloader(self) -> DataLoader:
+        return self._loader("train", self.batch_size)
+
+    def val_dataloader(self) -> DataLoader:
+        return self._loader("val", self.eval_batch_size)
+
+    def test_dataloader(self) -> DataLoader:
+        return self._loader("test", self.eval_batch_size)
+
+    def _loader(self, split: str, batch_size: int) -> DataLoader:
+        path = self.vocab_dir / f"{split}.npy"
+        if not path.exists():
+            raise UserError(f"no encoded {split} split at {path}; run the vocab stage first: dvc repro vocab")
+        windows = StreamWindows(load_ids(path), batch_size, self.bptt, split)
+        # Items are whole batches, in stream order: no collation, no shuffling.
+        return DataLoader(windows, batch_size=None, shuffle=False)

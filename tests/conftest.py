@@ -1,0 +1,55 @@
+"""Shared test helpers: the repository root, a tiny corpus, and a copy of the repo as a git + DVC project."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+BIN = Path(sys.executable).parent
+SHARED_CORPORA = REPO.parent / "shared" / "corpora"
+
+TINY_TEXT = "".join(
+    f"SPEAKER {i % 3}:\nthe cat, which ate {i} fish, was full.\nthe cats were full too!\n\n" for i in range(60)
+)
+
+
+def run(cmd: list[str], cwd: Path, check: bool = True, env: dict | None = None) -> subprocess.CompletedProcess:
+    """Run a command the way a user would from the project root (the venv's bin first on PATH)."""
+    full_env = {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}", **(env or {})}
+    full_env.pop("DVC_EXP_NAME", None)
+    proc = subprocess.run(cmd, cwd=cwd, env=full_env, capture_output=True, text=True)
+    if check and proc.returncode != 0:
+        raise AssertionError(f"{' '.join(cmd)} failed ({proc.returncode}):\n{proc.stdout}\n{proc.stderr}")
+    return proc
+
+
+@pytest.fixture
+def project(tmp_path: Path) -> Path:
+    """A copy of the repository (code, conf, pipeline) in a fresh git repository, with a tiny corpus."""
+    dst = tmp_path / "project"
+    ignore = shutil.ignore_patterns(".venv", "__pycache__", "*.egg-info", ".pytest_cache", "tmp", "cache")
+    for name in ("conf", "pipeline", "src", ".dvc"):
+        shutil.copytree(REPO / name, dst / name, ignore=ignore)
+    for name in ("dvc.yaml", "params.yaml", ".gitignore", ".dvcignore"):
+        if (REPO / name).exists():
+            shutil.copy(REPO / name, dst / name)
+    (dst / "data").mkdir()
+    shutil.copy(REPO / "data" / ".gitignore", dst / "data" / ".gitignore")
+    (dst / "tiny.txt").write_text(TINY_TEXT, encoding="utf-8")
+    run(["git", "init", "-q"], dst)
+    run(["git", "-c", "user.name=t", "-c", "user.email=t@t", "add", "-A"], dst)
+    run(["git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "init"], dst)
+    return dst
+
+
+@pytest.fixture
+def tiny_file(tmp_path: Path) -> Path:
+    path = tmp_path / "tiny.txt"
+    path.write_text(TINY_TEXT, encoding="utf-8")
+    return path

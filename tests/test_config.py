@@ -1,0 +1,73 @@
+"""Config: conf/ composes to the committed params.yaml; variants; one-line errors; stale params.yaml."""
+
+from __future__ import annotations
+
+import shutil
+
+import pytest
+from hydra import compose, initialize
+from omegaconf import OmegaConf
+
+from conftest import REPO
+from rnnlab import config
+from rnnlab.corpus import CorpusSpec
+from rnnlab.errors import UserError
+from rnnlab.vocab import VocabSpec
+
+
+def test_committed_params_yaml_is_the_default_composition():
+    composed = config.to_yaml(config.compose([], REPO / "conf"))
+    assert (REPO / "params.yaml").read_text() == composed, (
+        "params.yaml differs from conf/: run `python -m rnnlab.config` and commit params.yaml"
+    )
+
+
+def test_variants_compose_with_hydra_compose_api():
+    with initialize(version_base="1.3", config_path="../conf"):
+        cfg = compose("config", overrides=["vocab=word", "corpus=file", "corpus.path=x.txt", "corpus.format=lines"])
+    assert cfg.vocab.level == "word" and cfg.corpus.source == "file"
+    spec = config.section(cfg, CorpusSpec, "corpus")
+    assert spec.path == "x.txt" and spec.format == "lines"
+    assert config.section(cfg, VocabSpec, "vocab").min_freq == 2
+
+
+def test_unknown_group_option_lists_valid_ones():
+    with pytest.raises(UserError, match=r"unknown option vocab=bpe; valid options: char, word"):
+        config.compose(["vocab=bpe"], REPO / "conf")
+
+
+def test_unknown_key_is_one_line():
+    with pytest.raises(UserError) as err:
+        config.compose(["corpus.no_such_key=1"], REPO / "conf")
+    assert "no_such_key" in str(err.value) and "\n" not in str(err.value)
+
+
+def test_section_rejects_unknown_and_missing_keys():
+    cfg = OmegaConf.create({"corpus": {"name": "file", "source": "file", "path": "???", "colour": 1}})
+    with pytest.raises(UserError, match="unknown key corpus.colour; valid keys of corpus: "):
+        config.section(cfg, CorpusSpec, "corpus")
+    del cfg.corpus["colour"]
+    with pytest.raises(UserError, match=r"corpus.path must be set: add corpus.path=<value>"):
+        config.section(cfg, CorpusSpec, "corpus")
+
+
+def test_stale_params_yaml_is_noticed(tmp_path, monkeypatch):
+    monkeypatch.delenv("DVC_EXP_NAME", raising=False)
+    conf, params, state = tmp_path / "conf", tmp_path / "params.yaml", tmp_path / "state.json"
+    shutil.copytree(REPO / "conf", conf)
+    config.write_params(["vocab=word"], params, conf)
+    config.check_fresh(state, params, conf)  # first run: records the state
+
+    (conf / "corpus" / "url.yaml").write_text((conf / "corpus" / "url.yaml").read_text() + "# a comment\n")
+    config.check_fresh(state, params, conf)  # an edit that changes no composition is fine
+
+    word = conf / "vocab" / "word.yaml"
+    word.write_text(word.read_text().replace("min_freq: 2", "min_freq: 3"))
+    with pytest.raises(UserError, match=r"params.yaml is stale: conf/vocab/word.yaml changed .*`dvc exp run`"):
+        config.check_fresh(state, params, conf)
+    monkeypatch.setenv("DVC_EXP_NAME", "exp-1")  # inside `dvc exp run`, DVC just recomposed params.yaml
+    config.check_fresh(state, params, conf)
+    monkeypatch.delenv("DVC_EXP_NAME")
+    config.write_params(["vocab=word"], params, conf)  # recomposed by hand
+    config.check_fresh(state, params, conf)
+    assert "min_freq: 3" in params.read_text()

@@ -1,0 +1,132 @@
+"""Corpus preparation: sources, cleaning, splits, and every user error."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from conftest import SHARED_CORPORA, TINY_TEXT
+from rnnlab import corpus
+from rnnlab.corpus import CorpusSpec
+from rnnlab.errors import UserError
+from rnnlab.files import sha256_bytes
+
+
+def prepare(tmp_path: Path, **kw) -> dict:
+    return corpus.prepare(CorpusSpec(**kw), tmp_path / "out", tmp_path / "raw")
+
+
+def test_markdown_play_becomes_speaker_verse_blank_line():
+    md = (
+        "# Macbeth\n\n## ACT I\n\n_Thunder. Enter three Witches_\n\n**First Witch**  \n"
+        "When shall we three meet again  \nIn thunder, _\\[Aside]_ or in rain?\n\n_Exeunt_\n\n"
+        "Who comes here\\--now?\n"
+    )
+    assert corpus.markdown_play_to_text(md) == (
+        "First Witch:\nWhen shall we three meet again\nIn thunder,  or in rain?\n\n"
+        "First Witch:\nWho comes here--now?\n"
+    )
+
+
+def test_embedded_shakespeare_has_no_markdown(tmp_path):
+    stats = prepare(tmp_path, source="shakespeare", max_chars=200_000)
+    train = (tmp_path / "out" / "train.txt").read_text()
+    assert stats["chars"]["total"] == 200_000
+    assert train.startswith("THESEUS:\nNow, fair Hippolyta")
+    assert not any(mark in train for mark in ("**", "#", "\\[", "_"))
+
+
+def test_text_split_is_contiguous_at_line_starts(tiny_file, tmp_path):
+    stats = prepare(tmp_path, source="file", path=str(tiny_file), val_frac=0.1, test_frac=0.1)
+    parts = [(tmp_path / "out" / f"{s}.txt").read_text() for s in corpus.SPLITS]
+    assert "".join(parts) == TINY_TEXT
+    assert all(p.endswith("\n") for p in parts)
+    assert stats["chars"]["train"] == pytest.approx(0.8 * len(TINY_TEXT), rel=0.05)
+    assert stats["input_sha256"] == sha256_bytes(TINY_TEXT.encode())
+
+
+def test_nanogpt_split_has_no_test(tiny_file, tmp_path):
+    stats = prepare(tmp_path, source="file", path=str(tiny_file), val_frac=0.1, test_frac=0)
+    assert stats["chars"]["test"] == 0 and stats["chars"]["val"] > 0
+
+
+def test_lines_are_shuffled_by_seed_and_complete(tmp_path):
+    names = "".join(f"name{i}\n" for i in range(100))
+    (tmp_path / "names.txt").write_text(names)
+    a = prepare(tmp_path, source="file", path=str(tmp_path / "names.txt"), format="lines", split_seed=1)
+    got = {s: (tmp_path / "out" / f"{s}.txt").read_text().split("\n")[:-1] for s in corpus.SPLITS}
+    assert a["lines"] == {"train": 90, "val": 5, "test": 5}
+    assert sorted(sum(got.values(), [])) == sorted(names.split())
+    assert got["train"][:10] != [f"name{i}" for i in range(10)]  # shuffled
+    prepare(tmp_path, source="file", path=str(tmp_path / "names.txt"), format="lines", split_seed=1)
+    assert (tmp_path / "out" / "val.txt").read_text().split("\n")[:-1] == got["val"]  # reproducible
+
+
+def test_glob_and_cleaning(tmp_path):
+    (tmp_path / "a.txt").write_text("Café\r\nONE\n")
+    (tmp_path / "b.txt").write_text("Two\n" * 40)
+    stats = prepare(tmp_path, source="file", path=str(tmp_path / "*.txt"), lowercase=True, normalize="NFKC")
+    text = "".join((tmp_path / "out" / f"{s}.txt").read_text() for s in corpus.SPLITS)
+    assert text.startswith("café\none\ntwo\n") and "\r" not in text
+    assert stats["distinct_chars"] == len(set(text))
+
+
+def test_url_with_pinned_checksum_is_cached(tiny_file, tmp_path):
+    sha = sha256_bytes(tiny_file.read_bytes())
+    prepare(tmp_path, source="url", url=tiny_file.as_uri(), sha256=sha)
+    assert (tmp_path / "raw" / "tiny.txt").read_bytes() == tiny_file.read_bytes()
+    tiny_file.unlink()  # the cached copy is used: no download needed
+    prepare(tmp_path, source="url", url=tiny_file.as_uri(), sha256=sha)
+
+
+@pytest.mark.parametrize(
+    "content, kw, message",
+    [
+        (b"", {}, "is empty"),
+        (b"   \n\n", {}, "is empty"),
+        (b"abc\x00def\n", {}, "looks binary (NUL byte at byte offset 3)"),
+        ("caf\u00e9\n".encode("latin-1"), {}, "is not UTF-8: byte 0xe9 at byte offset 3"),
+        (b"tiny\n", {}, "too small for the split"),
+        (b"one\ntwo\n", {"format": "lines"}, "too small for the split"),
+    ],
+)
+def test_bad_files_are_one_line_errors(tmp_path, content, kw, message):
+    path = tmp_path / "bad.txt"
+    path.write_bytes(content)
+    with pytest.raises(UserError, match=message.replace("(", r"\(").replace(")", r"\)")) as err:
+        prepare(tmp_path, source="file", path=str(path), **kw)
+    assert "\n" not in str(err.value)
+    assert not (tmp_path / "out").exists()  # nothing half-written
+
+
+@pytest.mark.parametrize(
+    "kw, message",
+    [
+        ({"source": "file", "path": "no/such/file.txt"}, "matches no file"),
+        ({"source": "file", "path": "no/such/*.txt"}, "matches no file"),
+        ({"source": "file", "path": None}, "needs a path"),
+        ({"source": "url", "url": "http://127.0.0.1:9/x.txt", "sha256": "0" * 64}, "cannot download"),
+        ({"source": "nope"}, "corpus.source='nope' is not known; use one of shakespeare, file, url"),
+        ({"source": "file", "path": "x", "format": "csv"}, "corpus.format='csv' is not known"),
+        ({"source": "file", "path": "x", "val_frac": 0.6, "test_frac": 0.5}, "leave no training data"),
+    ],
+)
+def test_bad_specs_are_one_line_errors(tmp_path, kw, message):
+    with pytest.raises(UserError, match=message.replace("(", r"\(")):
+        prepare(tmp_path, **kw)
+
+
+def test_url_checksum_mismatch_and_missing_checksum(tiny_file, tmp_path):
+    with pytest.raises(UserError, match="has sha256 .* but corpus.sha256 pins"):
+        prepare(tmp_path, source="url", url=tiny_file.as_uri(), sha256="0" * 64)
+    digest = sha256_bytes(tiny_file.read_bytes())
+    with pytest.raises(UserError, match=f"pin it: corpus.sha256={digest}"):
+        prepare(tmp_path, source="url", url=tiny_file.as_uri(), sha256=None)
+    assert not (tmp_path / "raw" / "tiny.txt").exists()
+
+
+@pytest.mark.skipif(not SHARED_CORPORA.exists(), reason="../shared/corpora is not on this machine")
+def test_shared_names_as_lines(tmp_path):
+    stats = prepare(tmp_path, source="file", path=str(SHARED_CORPORA / "names.txt"), format="lines")
+    assert sum(stats["lines"].values()) == 32033

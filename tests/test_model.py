@@ -1,0 +1,136 @@
+"""RNNLM: shapes for every cell, weight tying, init, hidden-state helpers, parameter groups, and a tiny overfit."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from rnnlab.errors import UserError
+from rnnlab.model import CELLS, ModelSpec, RNNLM, detach_hidden, param_groups, reset_hidden_where
+
+V, B, T = 11, 3, 5
+
+
+def tiny(cell: str, num_layers: int = 1, **kw) -> RNNLM:
+    torch.manual_seed(0)
+    return RNNLM(V, ModelSpec(cell=cell, embedding_size=8, hidden_size=12, num_layers=num_layers, **kw))
+
+
+def hidden_tensors(hidden) -> tuple[torch.Tensor, ...]:
+    return hidden if isinstance(hidden, tuple) else (hidden,)
+
+
+@pytest.mark.parametrize("num_layers", [1, 2])
+@pytest.mark.parametrize("cell", list(CELLS))
+def test_forward_shapes(cell, num_layers):
+    model = tiny(cell, num_layers, dropout=0.2)
+    logits, hidden = model(torch.randint(V, (B, T)))
+    assert logits.shape == (B, T, V)
+    assert isinstance(hidden, tuple) == (cell == "lstm")
+    assert all(h.shape == (num_layers, B, 12) for h in hidden_tensors(hidden))
+
+
+@pytest.mark.parametrize("cell", list(CELLS))
+def test_carried_state_continues_the_sequence(cell):
+    """Two windows with the state carried over give the same logits as one long window."""
+    model = tiny(cell, num_layers=2).eval()
+    x = torch.randint(V, (B, 2 * T))
+    whole, _ = model(x)
+    first, hidden = model(x[:, :T])
+    second, _ = model(x[:, T:], detach_hidden(hidden))
+    torch.testing.assert_close(torch.cat([first, second], dim=1), whole)
+
+
+def test_forward_from_embeddings_gives_input_gradients():
+    model = tiny("gru").eval()
+    x = torch.randint(V, (B, T))
+    emb = model.embed(x).detach().requires_grad_()
+    logits, _ = model.forward_from_embeddings(emb)
+    torch.testing.assert_close(logits, model(x)[0])
+    logits[:, -1].sum().backward()
+    assert emb.grad.shape == (B, T, 8) and emb.grad[:, 0].abs().sum() > 0
+
+
+def test_tie_weights_shares_storage():
+    model = RNNLM(V, ModelSpec(embedding_size=12, hidden_size=12, tie_weights=True))
+    assert model.head.weight is model.embedding.weight
+    assert model.head.weight.data_ptr() == model.embedding.weight.data_ptr()
+
+
+def test_tie_weights_size_mismatch_is_a_user_error():
+    with pytest.raises(UserError, match="model.tie_weights.*model.embedding_size"):
+        ModelSpec(embedding_size=8, hidden_size=12, tie_weights=True)
+
+
+@pytest.mark.parametrize("bad", [dict(cell="transformer"), dict(hidden_size=0), dict(num_layers=0),
+                                 dict(dropout=1.0), dict(dropout=-0.1)])
+def test_bad_spec_is_a_user_error(bad):
+    with pytest.raises(UserError):
+        ModelSpec(**bad)
+
+
+def test_lstm_forget_gate_bias_is_one():
+    model = tiny("lstm", num_layers=2)
+    h = 12
+    for layer in range(2):
+        total = getattr(model.rnn, f"bias_ih_l{layer}") + getattr(model.rnn, f"bias_hh_l{layer}")
+        assert torch.all(total[h: 2 * h] == 1) and torch.all(total[:h] == 0) and torch.all(total[2 * h:] == 0)
+
+
+def test_recurrent_weights_are_orthogonal_per_gate():
+    model = tiny("gru")
+    for gate in model.rnn.weight_hh_l0.detach().chunk(3):
+        torch.testing.assert_close(gate @ gate.T, torch.eye(12), atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize("cell", ["gru", "lstm"])
+def test_detach_hidden(cell):
+    model = tiny(cell)
+    _, hidden = model(torch.randint(V, (B, T)))
+    assert all(h.requires_grad for h in hidden_tensors(hidden))
+    detached = detach_hidden(hidden)
+    assert type(detached) is type(hidden)
+    for d, h in zip(hidden_tensors(detached), hidden_tensors(hidden)):
+        assert not d.requires_grad and torch.equal(d, h)
+    assert detach_hidden(None) is None
+
+
+@pytest.mark.parametrize("cell", ["gru", "lstm"])
+def test_reset_hidden_where_zeroes_only_masked_rows(cell):
+    model = tiny(cell, num_layers=2)
+    _, hidden = model(torch.randint(V, (B, T)))
+    mask = torch.tensor([True, False, True])
+    reset = reset_hidden_where(hidden, mask)
+    assert type(reset) is type(hidden)
+    for r, h in zip(hidden_tensors(reset), hidden_tensors(hidden)):
+        assert torch.all(r[:, mask] == 0)
+        assert torch.equal(r[:, ~mask], h[:, ~mask])
+    assert reset_hidden_where(None, mask) is None
+
+
+@pytest.mark.parametrize("tie", [False, True])
+def test_param_groups_cover_every_parameter_once(tie):
+    model = RNNLM(V, ModelSpec(cell="lstm", embedding_size=12, hidden_size=12, num_layers=2, tie_weights=tie))
+    groups = param_groups(model)
+    assert list(groups) == ["embedding", "layer0.input", "layer0.recurrent",
+                            "layer1.input", "layer1.recurrent", "head"]
+    grouped = [p for members in groups.values() for _, p in members]
+    assert len(grouped) == len({id(p) for p in grouped}) == len(list(model.parameters()))
+    assert [n for n, _ in groups["layer1.recurrent"]] == ["rnn.weight_hh_l1", "rnn.bias_hh_l1"]
+    assert [n for n, _ in groups["head"]] == (["head.bias"] if tie else ["head.weight", "head.bias"])
+
+
+def test_gru_overfits_a_repeating_sequence():
+    torch.manual_seed(0)
+    stream = torch.tensor([2, 3, 4] * 40)  # "abcabc…": each next token is determined by the current one
+    x, y = stream[:-1].view(1, -1).repeat(4, 1), stream[1:].view(1, -1).repeat(4, 1)  # (4, 119)
+    model = RNNLM(5, ModelSpec(cell="gru", embedding_size=16, hidden_size=32))
+    opt = torch.optim.Adam(model.parameters(), lr=1e-2)
+    for _ in range(150):
+        logits, _ = model(x)
+        loss = F.cross_entropy(logits.reshape(-1, 5), y.reshape(-1))
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    assert loss.item() < 0.05

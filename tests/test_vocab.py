@@ -1,0 +1,104 @@
+"""Vocabulary: train-only, round trips, <eos>/<unk> rules, persistence, and user errors."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from rnnlab import vocab as V
+from rnnlab.errors import UserError
+
+TEXT = {"train": "the cat sat.\nthe dog ran!\n", "val": "the cow sat.\n", "test": "a cat ran\n"}
+
+
+def test_char_round_trip_and_newline_is_a_char():
+    voc = V.build(TEXT["train"], V.VocabSpec(level="char"), line_corpus=False)
+    assert voc.tokens[:2] == ["<eos>", "<unk>"] and "\n" in voc.tokens
+    ids = voc.encode(TEXT["train"])
+    assert ids.dtype == np.uint16 and len(ids) == len(TEXT["train"])
+    assert voc.decode(ids) == TEXT["train"]
+
+
+def test_vocabulary_comes_from_train_only_and_oov_maps_to_unk():
+    voc = V.build(TEXT["train"], V.VocabSpec(level="char"), line_corpus=False)
+    assert "w" not in voc.index  # "cow" is in val only
+    ids = voc.encode(TEXT["val"])
+    assert (ids == V.UNK_ID).sum() == 1
+    assert voc.decode(ids) == "the co<unk> sat.\n"
+
+
+def test_char_line_corpus_ends_lines_with_eos():
+    voc = V.build("ann\nbob\n", V.VocabSpec(level="char"), line_corpus=True)
+    assert "\n" not in voc.tokens
+    ids = voc.encode("ann\nbob\n")
+    assert ids.tolist() == [voc.index["a"], voc.index["n"], voc.index["n"], V.EOS_ID,
+                            voc.index["b"], voc.index["o"], voc.index["b"], V.EOS_ID]
+    assert voc.decode(ids) == "ann\nbob\n"
+
+
+def test_word_level_tokens_punctuation_and_eos():
+    voc = V.build(TEXT["train"], V.VocabSpec(level="word", min_freq=1), line_corpus=False)
+    assert voc.tokenize("the cat's hat.\n") == ["the", "cat's", "hat", ".", "<eos>"]
+    assert voc.tokens[2] == "the"  # most frequent first
+    ids = voc.encode(TEXT["train"])
+    assert voc.decode(ids) == "the cat sat .\nthe dog ran !\n"
+    assert voc.decode(voc.encode("the cow sat.\n")) == "the <unk> sat .\n"
+
+
+def test_whitespace_tokenizer_for_pretokenised_text():
+    voc = V.build("a b. c\n", V.VocabSpec(level="word", tokenizer="whitespace"), line_corpus=False)
+    assert voc.tokenize("a b. c\n") == ["a", "b.", "c", "<eos>"]
+
+
+def test_min_freq_max_size_and_lowercase():
+    spec = V.VocabSpec(level="word", min_freq=2, lowercase=True)
+    voc = V.build("The cat\nthe dog\n", spec, line_corpus=False)
+    assert voc.tokens == ["<eos>", "<unk>", "the"]
+    voc = V.build(TEXT["train"], V.VocabSpec(level="word", max_size=3), line_corpus=False)
+    assert voc.tokens == ["<eos>", "<unk>", "the"]
+    voc = V.build("aab\n", V.VocabSpec(level="char", min_freq=2), line_corpus=False)
+    assert voc.decode(voc.encode("aab")) == "aa<unk>"
+
+
+@pytest.mark.parametrize("spec", [V.VocabSpec(level="word", min_freq=5), V.VocabSpec(level="word", max_size=2),
+                                  V.VocabSpec(level="char", min_freq=100)])
+def test_empty_vocabulary_is_a_user_error(spec):
+    with pytest.raises(UserError, match="leave an empty vocabulary"):
+        V.build(TEXT["train"], spec, line_corpus=False)
+
+
+@pytest.mark.parametrize("kw, message", [({"level": "byte"}, "vocab.level='byte'"),
+                                         ({"tokenizer": "bpe"}, "vocab.tokenizer='bpe'"),
+                                         ({"min_freq": 0}, "vocab.min_freq=0")])
+def test_bad_spec(kw, message):
+    with pytest.raises(UserError, match=message):
+        V.VocabSpec(**kw)
+
+
+def test_stage_outputs_and_json_round_trip(tmp_path):
+    stats = V.build_and_encode(TEXT, V.VocabSpec(level="word"), False, tmp_path)
+    voc = V.Vocab.load(tmp_path / "vocab.json")
+    assert voc.hash == stats["hash"] and len(voc) == stats["size"]
+    assert voc.decode(V.load_ids(tmp_path / "test.npy")) == "<unk> cat ran\n"
+    assert stats["oov_rate"]["test"] == pytest.approx(1 / 4)
+    assert stats["splits"]["val"]["chars"] == len(TEXT["val"])
+    assert stats["coverage"] == 1.0
+    data = json.loads((tmp_path / "vocab.json").read_text())
+    data["tokens"][2] = "THE"
+    (tmp_path / "vocab.json").write_text(json.dumps(data))
+    with pytest.raises(UserError, match="was edited"):
+        V.Vocab.load(tmp_path / "vocab.json")
+
+
+def test_missing_vocabulary_names_the_stage(tmp_path):
+    with pytest.raises(UserError, match="dvc repro vocab"):
+        V.Vocab.load(tmp_path / "vocab.json")
+
+
+def test_hash_is_stable_and_content_sensitive():
+    a = V.build(TEXT["train"], V.VocabSpec(level="char"), line_corpus=False)
+    b = V.build(TEXT["train"], V.VocabSpec(level="char"), line_corpus=False)
+    c = V.build(TEXT["train"], V.VocabSpec(level="char"), line_corpus=True)
+    assert a.hash == b.hash != c.hash
