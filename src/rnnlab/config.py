@@ -35,12 +35,13 @@ def load_params(path: str | Path = PARAMS):
     return OmegaConf.load(path)
 
 
-def section(cfg: Any, cls: type[T], key: str) -> T:
-    """Build dataclass `cls` from `cfg[key]`; `name` (the group option) is metadata and is skipped."""
+def section(cfg: Any, cls: type[T], key: str, skip: tuple[str, ...] = ()) -> T:
+    """Build dataclass `cls` from `cfg[key]`; `name` (the group option) and `skip` keys are left out."""
     from omegaconf import OmegaConf
 
     values = OmegaConf.to_container(cfg[key], resolve=True) if OmegaConf.is_config(cfg[key]) else dict(cfg[key])
-    values.pop("name", None)
+    for k in ("name",) + skip:
+        values.pop(k, None)
     valid = {f.name for f in dataclasses.fields(cls)}
     unknown = sorted(set(values) - valid)
     if unknown:
@@ -49,6 +50,27 @@ def section(cfg: Any, cls: type[T], key: str) -> T:
     if missing:
         raise UserError(f"{key}.{missing[0]} must be set: add {key}.{missing[0]}=<value> to your overrides")
     return cls(**values)
+
+
+def with_overrides(cfg: Any, overrides: list[str]):
+    """params.yaml plus command-line `key=value` overrides of existing keys (for stage scripts)."""
+    import yaml
+    from omegaconf import OmegaConf
+
+    for item in overrides:
+        key = item.split("=", 1)[0]
+        if "=" not in item or OmegaConf.select(cfg, key, default="<missing>") == "<missing>":
+            top = key.split(".")[0]
+            keys = sorted(cfg[top].keys()) if top in cfg and OmegaConf.is_dict(cfg[top]) else sorted(cfg.keys())
+            raise UserError(f"unknown override {item!r}; give key=value with a key of params.yaml, "
+                            f"e.g. {top}.{keys[0]}=... (valid under {top}: {', '.join(map(str, keys))})")
+    cfg = cfg.copy()
+    for item in overrides:
+        key, value = item.split("=", 1)
+        # A string key keeps the text as typed (sample.prime=ROMEO: is not a YAML mapping).
+        parsed = value if isinstance(OmegaConf.select(cfg, key), str) else yaml.safe_load(value)
+        OmegaConf.update(cfg, key, parsed, merge=False)
+    return cfg
 
 
 def group_options(group: str, conf_dir: Path = CONF_DIR) -> list[str]:

@@ -21,6 +21,7 @@ import torch
 from torch import nn
 
 from rnnlab.errors import UserError
+from rnnlab.vocab import EOS_ID
 
 CELLS = {"rnn": nn.RNN, "gru": nn.GRU, "lstm": nn.LSTM}
 
@@ -35,6 +36,7 @@ class ModelSpec:
     num_layers: int = 1
     dropout: float = 0.0
     tie_weights: bool = False
+    reset_at_eos: bool = False  # line corpora: each line starts from the zero state, as when sampling
 
     def __post_init__(self) -> None:
         if self.cell not in CELLS:
@@ -97,7 +99,23 @@ class RNNLM(nn.Module):
         return self.head(self.drop(out)), hidden  # (B, T, V)
 
     def forward(self, tokens: torch.Tensor, hidden: Hidden = None) -> tuple[torch.Tensor, Hidden]:
+        if self.spec.reset_at_eos:
+            return self._forward_with_resets(tokens, hidden)
         return self.forward_from_embeddings(self.embed(tokens), hidden)
+
+    def _forward_with_resets(self, tokens: torch.Tensor, hidden: Hidden) -> tuple[torch.Tensor, Hidden]:
+        """Restart a stream from the zero state wherever its input is <eos> (the start token of a line).
+
+        The window is cut at every step where some row sees <eos>; between cuts the cell runs as usual.
+        """
+        starts = tokens == EOS_ID  # (B, T)
+        cuts = [0] + [t for t in starts.any(0).nonzero().flatten().tolist() if t > 0] + [tokens.size(1)]
+        pieces = []
+        for a, b in zip(cuts, cuts[1:]):
+            hidden = reset_hidden_where(hidden, starts[:, a])
+            logits, hidden = self.forward_from_embeddings(self.embed(tokens[:, a:b]), hidden)
+            pieces.append(logits)
+        return torch.cat(pieces, dim=1), hidden  # (B, T, V)
 
 
 def tree_map(fn: Callable[[torch.Tensor], torch.Tensor], hidden: Hidden) -> Hidden:

@@ -1,0 +1,65 @@
+"""The trained model on disk: a `state_dict` (`model.pt`) plus JSON metadata (`meta.json`).
+
+The metadata holds the model spec and the hash of the vocabulary the model was trained with; loading
+refuses a model built for another vocabulary. Weights load with `weights_only=True` (no pickled code).
+A Lightning `.ckpt` from the training's checkpoint folder loads too (`load_model(path_to.ckpt, vocab)`).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict
+from pathlib import Path
+
+import torch
+
+from rnnlab.errors import UserError
+from rnnlab.files import atomic_write, write_json
+from rnnlab.model import RNNLM, ModelSpec
+from rnnlab.vocab import Vocab
+
+MODEL_FILE, META_FILE = "model.pt", "meta.json"
+
+
+def save_model(out_dir: str | Path, model: RNNLM, vocab: Vocab, extra: dict) -> None:
+    out = Path(out_dir)
+    atomic_write(out / MODEL_FILE, lambda fh: torch.save(model.state_dict(), fh), mode="wb")
+    meta = {"model": asdict(model.spec), "vocab_size": len(vocab), "vocab_hash": vocab.hash,
+            "vocab_level": vocab.level} | extra
+    write_json(out / META_FILE, meta)
+
+
+def load_model(path: str | Path, vocab: Vocab) -> tuple[RNNLM, dict]:
+    """Load a model folder (model.pt + meta.json) or a Lightning .ckpt, checked against `vocab`."""
+    path = Path(path)
+    if path.suffix == ".ckpt":
+        state, meta = read_lightning_checkpoint(path)
+    else:
+        if not (path / MODEL_FILE).exists():
+            raise UserError(f"no trained model in {path} (missing {MODEL_FILE}); train one first: dvc repro train")
+        meta = json.loads((path / META_FILE).read_text(encoding="utf-8"))
+        state = torch.load(path / MODEL_FILE, map_location="cpu", weights_only=True)
+    if meta["vocab_hash"] != vocab.hash:
+        raise UserError(
+            f"the model in {path} was trained with vocabulary {meta['vocab_hash']}, but the vocabulary given is "
+            f"{vocab.hash}; retrain (dvc repro train) or use the vocabulary it was trained with"
+        )
+    model = RNNLM(meta["vocab_size"], ModelSpec(**meta["model"]))
+    model.load_state_dict(state)
+    return model.eval(), meta
+
+
+def read_lightning_checkpoint(path: Path) -> tuple[dict, dict]:
+    if not path.exists():
+        raise UserError(f"no checkpoint at {path}; give the path of a .ckpt file or of a model folder")
+    ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    hp = ckpt["hyper_parameters"]
+    state = {k.removeprefix("model."): v for k, v in ckpt["state_dict"].items() if k.startswith("model.")}
+    return state, {"model": hp["model"], "vocab_size": hp["vocab_size"], "vocab_hash": hp["vocab_hash"]}
+
+
+def load_trained(vocab_dir: str | Path, model_path: str | Path) -> tuple[Vocab, RNNLM, dict]:
+    """The pipeline's vocabulary and a model trained on it (a model folder or a .ckpt)."""
+    vocab = Vocab.load(Path(vocab_dir) / "vocab.json")
+    model, meta = load_model(model_path, vocab)
+    return vocab, model, meta

@@ -1,0 +1,235 @@
+"""Sampling novel sequences from a trained language model: the lecture's procedure with modern controls.
+
+The lecture's steps ("sampling novel sequences"):
+  1. start with a zero hidden state a<0> and a zero input x<1>; here x<1> is the `<eos>` id, the token
+     that preceded every line in training;
+  2. run one step and draw the next token from the softmax output ŷ<1> (`np.random.choice` in the
+     lecture, `torch.multinomial` here);
+  3. feed the drawn token back as the next input x<2> = ŷ<1>, carrying the hidden state, and repeat;
+  4. stop when `<eos>` is drawn, or after a fixed number of tokens.
+
+Modern controls act on the logits of step 2, in this order: divide by the `temperature` (below 1
+sharper, above 1 flatter); keep the `top_k` most likely tokens; keep the nucleus, the smallest set of
+most likely tokens whose probability reaches `top_p` (Holtzman et al., 2020); then draw, or take the
+argmax when `greedy`. A `prime` is run through the model once, after x<1>, to set the hidden state,
+and generation continues from it. `unk: reject` never emits `<unk>`: a row that draws it redraws with
+`<unk>` excluded, and the rejections are counted.
+
+All samples are generated as one batch (B = num_samples). After the start input (and prime), each
+step feeds one token per row (T = 1) with the carried hidden state, so the work per token is constant;
+the prefix is never re-run. Randomness comes from a local `torch.Generator` seeded with `seed`: the
+same seed gives the same text and the global RNG is left alone.
+
+`novelty` tells which samples are not copies of the training split; `rnnlab.metrics.sample_stats`
+summarises a batch of samples.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from itertools import islice
+from pathlib import Path
+
+import torch
+
+from rnnlab.errors import UserError
+from rnnlab.files import write_json, write_text
+from rnnlab.vocab import EOS_ID, TOKENIZERS, UNK_ID, Vocab
+
+UNK_POLICIES = ("allow", "reject")
+NOVELTY_N = 8  # running text: a sample is novel if it has an n-gram of this many tokens absent from train
+WORDS = TOKENIZERS["words"]  # novelty compares words with one tokenizer on both sides
+
+
+@dataclass(frozen=True)
+class SampleSpec:
+    num_samples: int = 5
+    max_length: int = 300
+    temperature: float = 1.0
+    top_k: int | None = None
+    top_p: float | None = None
+    greedy: bool = False
+    prime: str = ""
+    seed: int = 0
+    unk: str = "allow"
+
+    def __post_init__(self) -> None:
+        checks = [
+            (self.num_samples < 1, f"sample.num_samples={self.num_samples} must be at least 1"),
+            (self.max_length < 1, f"sample.max_length={self.max_length} must be at least 1"),
+            (self.temperature <= 0, f"sample.temperature={self.temperature} must be above 0; "
+                                    "for argmax decoding set sample.greedy=true"),
+            (self.top_k is not None and self.top_k < 1, f"sample.top_k={self.top_k} must be at least 1; "
+                                                        "use null to keep every token"),
+            (self.top_p is not None and not 0 < self.top_p <= 1, f"sample.top_p={self.top_p} must be in (0, 1]; "
+                                                                 "use null to keep every token"),
+            (self.unk not in UNK_POLICIES, f"sample.unk={self.unk!r} is not known; use 'allow' or 'reject'"),
+        ]
+        for bad, message in checks:
+            if bad:
+                raise UserError(message)
+
+
+@dataclass
+class Sample:
+    text: str  # prime + continuation, decoded with the vocabulary
+    ids: list[int]  # the generated continuation only: no prime, no final <eos>
+    length: int  # len(ids)
+    stopped: str  # "eos" | "max_length"
+    unk_rejections: int  # times <unk> was drawn and redrawn (unk: reject)
+
+
+def sample(model: torch.nn.Module, vocab: Vocab, spec: SampleSpec) -> list[Sample]:
+    """Generate `spec.num_samples` sequences as one batch (see the module docstring)."""
+    prime_ids = encode_prime(vocab, spec)
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            rows, rejections = generate(model, prime_ids, spec)
+    finally:
+        model.train(was_training)
+    return [to_sample(vocab, prime_ids, row, n) for row, n in zip(rows, rejections)]
+
+
+def encode_prime(vocab: Vocab, spec: SampleSpec) -> list[int]:
+    """The prime's ids; unknown tokens are an error under `unk: reject`, `<unk>` otherwise."""
+    tokens = vocab.tokenize(spec.prime)
+    if vocab.level == "word" and tokens and not spec.prime.endswith("\n"):
+        tokens = tokens[:-1]  # tokenize closes every line with <eos>; an unfinished prime line goes on
+    unknown = list(dict.fromkeys(tok for tok in tokens if tok not in vocab.index))
+    if unknown and spec.unk == "reject":
+        kind = "characters" if vocab.level == "char" else "words"
+        raise UserError(f"sample.prime has {kind} not in the vocabulary: {', '.join(map(repr, unknown))}; "
+                        "remove them or set sample.unk=allow")
+    return [vocab.index.get(tok, UNK_ID) for tok in tokens]
+
+
+def generate(model: torch.nn.Module, prime_ids: list[int], spec: SampleSpec) -> tuple[list[list[int]], list[int]]:
+    """Rows of `max_length` drawn ids (`<eos>` after a row stops) and the `<unk>` rejections per row."""
+    device = next(model.parameters(), torch.empty(0)).device
+    start = torch.tensor([EOS_ID] + prime_ids, device=device).repeat(spec.num_samples, 1)  # (B, 1 + P)
+    logits, hidden = model(start, None)  # (B, 1 + P, V); hidden=None is the zero state a<0>
+    gen = torch.Generator(device=logits.device).manual_seed(spec.seed)
+    out = torch.full((spec.num_samples, spec.max_length), EOS_ID, dtype=torch.long, device=logits.device)
+    done = torch.zeros(spec.num_samples, dtype=torch.bool, device=logits.device)  # (B,)
+    rejections = torch.zeros(spec.num_samples, dtype=torch.long, device=logits.device)  # (B,)
+    for t in range(spec.max_length):
+        if t:
+            logits, hidden = model(token[:, None], hidden)  # (B, 1) in: one step per token
+        token, rejected = draw(logits[:, -1], spec, gen)  # (B,), (B,)
+        token = token.masked_fill(done, EOS_ID)  # a stopped row keeps feeding <eos>; its output is ignored
+        rejections += rejected & ~done
+        out[:, t] = token
+        done |= token == EOS_ID
+        if bool(done.all()):
+            break
+    return out.tolist(), rejections.tolist()
+
+
+def draw(logits: torch.Tensor, spec: SampleSpec, gen: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+    """One token per row from the last step's logits (B, V); also which rows drew (and rejected) `<unk>`.
+
+    A rejecting row redraws with the same filters applied to its logits without `<unk>`, so the redraw
+    never comes up empty (with top_k=1 it takes the next best token)."""
+    token = pick(filtered(logits, spec), spec.greedy, gen)  # (B,)
+    rejected = token == UNK_ID if spec.unk == "reject" else torch.zeros_like(token, dtype=torch.bool)
+    if bool(rejected.any()):
+        without_unk = logits[rejected].index_fill(1, torch.tensor([UNK_ID], device=logits.device), -math.inf)
+        token[rejected] = pick(filtered(without_unk, spec), spec.greedy, gen)
+    return token, rejected
+
+
+def filtered(logits: torch.Tensor, spec: SampleSpec) -> torch.Tensor:
+    """Temperature, then top-k, then top-p; removed tokens get -inf. (B, V) -> (B, V)."""
+    logits = logits.float() / spec.temperature
+    if spec.top_k is not None:
+        logits = top_k_filter(logits, spec.top_k)
+    if spec.top_p is not None and spec.top_p < 1:
+        logits = top_p_filter(logits, spec.top_p)
+    return logits
+
+
+def top_k_filter(logits: torch.Tensor, k: int) -> torch.Tensor:
+    kth = logits.topk(min(k, logits.size(-1)), dim=-1).values[:, -1:]  # (B, 1)
+    return logits.masked_fill(logits < kth, -math.inf)
+
+
+def top_p_filter(logits: torch.Tensor, p: float) -> torch.Tensor:
+    """Keep the most likely tokens until their probability reaches p (the top token always stays)."""
+    ranked, order = logits.sort(dim=-1, descending=True)  # (B, V)
+    probs = ranked.softmax(dim=-1)
+    ahead = probs.cumsum(dim=-1) - probs  # probability of the tokens ranked above each one
+    drop = torch.zeros_like(ahead, dtype=torch.bool).scatter(1, order, ahead >= p)  # back to vocabulary order
+    return logits.masked_fill(drop, -math.inf)
+
+
+def pick(logits: torch.Tensor, greedy: bool, gen: torch.Generator) -> torch.Tensor:
+    if greedy:
+        return logits.argmax(dim=-1)  # (B,)
+    return torch.multinomial(logits.softmax(dim=-1), 1, generator=gen).squeeze(1)  # (B,)
+
+
+def to_sample(vocab: Vocab, prime_ids: list[int], row: list[int], rejections: int) -> Sample:
+    stopped = "eos" if EOS_ID in row else "max_length"
+    ids = row[: row.index(EOS_ID)] if stopped == "eos" else row
+    return Sample(vocab.decode(prime_ids + ids), ids, len(ids), stopped, rejections)
+
+
+# --- novelty ---------------------------------------------------------------------------------------------
+
+
+def novelty(samples: list[Sample], train_text: str, level: str, line_corpus: bool) -> list[bool]:
+    """Which samples are new: for a line corpus, a line absent from `train_text`; for running text, one
+    with at least one `NOVELTY_N`-gram of tokens absent from it (all of a shorter sample; an empty one is
+    not new). Pass `train_text` as the vocabulary sees it (lowercased if it lowercases)."""
+    if line_corpus:
+        seen = {line_key(line, level) for line in train_text.split("\n")}
+        return [line_key(s.text, level) not in seen for s in samples]
+    if level == "char":
+        return [any(gram not in train_text for gram in ngrams(s.text)) for s in samples]
+    return novel_word_texts(samples, train_text)
+
+
+def line_key(line: str, level: str) -> str | tuple[str, ...]:
+    """Word samples are decoded with spaces between tokens: compare words, not spacing."""
+    return line if level == "char" else tuple(WORDS.findall(line))
+
+
+def novel_word_texts(samples: list[Sample], train_text: str) -> list[bool]:
+    grams = [ngrams(tuple(WORDS.findall(s.text))) for s in samples]
+    found = occurring(set().union(*grams), WORDS.findall(train_text))
+    return [bool(g - found) for g in grams]
+
+
+def ngrams(seq: str | tuple, n: int = NOVELTY_N) -> set:
+    """The n-grams (substrings or sub-tuples) of `seq`; all of it when shorter than n."""
+    n = min(n, len(seq))
+    return {seq[i : i + n] for i in range(len(seq) - n + 1)} if n else set()
+
+
+def occurring(wanted: set[tuple], tokens: list[str]) -> set[tuple]:
+    """The n-grams of `wanted` that occur in `tokens`: one pass per n-gram length, no train n-gram set
+    is built (`set.intersection` consumes the sliding windows in C)."""
+    found: set[tuple] = set()
+    for n in {len(g) for g in wanted}:
+        windows = zip(*(islice(tokens, j, None) for j in range(n)))  # lazily: no list copies
+        found |= {g for g in wanted if len(g) == n}.intersection(windows)
+    return found
+
+
+def save_samples(out_dir: Path, samples: list[Sample], vocab: Vocab, train_text: str, line_corpus: bool) -> dict:
+    """Write samples.txt (the texts) and samples.json (per sample: text, length, stop reason,
+    `<unk>` rejections, novelty; plus their statistics). Returns the statistics."""
+    from rnnlab.metrics import sample_stats
+
+    text = train_text.lower() if vocab.lowercase else train_text
+    novel = novelty(samples, text, vocab.level, line_corpus)
+    stats = sample_stats(samples, novel)
+    rows = [{"text": s.text, "length": s.length, "stopped": s.stopped, "unk_rejections": s.unk_rejections,
+             "novel": n} for s, n in zip(samples, novel)]
+    sep = "\n\n" if vocab.level == "char" and not line_corpus else "\n"
+    write_text(Path(out_dir) / "samples.txt", sep.join(s.text.rstrip("\n") for s in samples) + "\n")
+    write_json(Path(out_dir) / "samples.json", {"stats": stats, "samples": rows})
+    return stats

@@ -1,0 +1,112 @@
+"""MLflow tracking: where runs go, what they are tagged with, and one Lightning logger per training.
+
+Default store: `sqlite:///<repository root>/mlflow.db`, an absolute URI so that DVC's queued experiments
+(which run in a temporary copy under .dvc/tmp/exps, with DVC_ROOT pointing at the real repository) land
+in the same database. `tracking.uri` in the config overrides it; the environment variable
+MLFLOW_TRACKING_URI (a tracking server, e.g. http://127.0.0.1:5000) overrides both. A server that does
+not answer is an error *before* training starts, not after an hour.
+
+Browse: `mlflow ui --backend-store-uri sqlite:///mlflow.db` (serves http://127.0.0.1:5000).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import subprocess
+import urllib.error
+import urllib.request
+from dataclasses import dataclass
+from pathlib import Path
+
+from rnnlab.errors import UserError
+
+os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # no progress bars in stage logs
+
+
+@dataclass(frozen=True)
+class TrackingSpec:
+    uri: str | None = None
+    experiment: str = "rnnlab"
+    run_name: str | None = None
+
+
+def repo_root() -> Path:
+    """The real repository root, also inside DVC's temporary experiment copies."""
+    return Path(os.environ.get("DVC_ROOT") or os.getcwd()).resolve()
+
+
+def tracking_uri(spec: TrackingSpec) -> str:
+    uri = os.environ.get("MLFLOW_TRACKING_URI") or spec.uri or f"sqlite:///{repo_root() / 'mlflow.db'}"
+    if uri.startswith("sqlite:///") and not uri.startswith("sqlite:////"):
+        path = Path(uri[len("sqlite:///"):])  # a relative database path: anchor it at the repository root
+        uri = f"sqlite:///{path if path.is_absolute() else repo_root() / path}"
+    return uri
+
+
+def check_reachable(uri: str) -> None:
+    """Fail fast when a tracking server does not answer its health check."""
+    if not uri.startswith(("http://", "https://")):
+        return
+    try:
+        with urllib.request.urlopen(f"{uri.rstrip('/')}/health", timeout=10) as response:
+            response.read()
+    except (urllib.error.URLError, OSError) as err:
+        reason = getattr(err, "reason", err)
+        raise UserError(
+            f"the MLflow tracking server {uri} does not answer ({reason}); start it "
+            "(mlflow server --host 127.0.0.1 --port 5000), or unset MLFLOW_TRACKING_URI to use the local mlflow.db"
+        ) from None
+
+
+def params_hash(params: dict) -> str:
+    return hashlib.sha256(json.dumps(params, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def git_commit() -> str | None:
+    try:
+        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=repo_root(), capture_output=True, text=True, timeout=10)
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    return out.stdout.strip() or None
+
+
+def run_tags(params: dict) -> dict[str, str]:
+    tags = {"params_hash": params_hash(params), "rnnlab.stage": os.environ.get("DVC_STAGE", "")}
+    commit = git_commit()
+    if commit:
+        tags["mlflow.source.git.commit"] = commit
+    if os.environ.get("DVC_EXP_NAME"):
+        tags["dvc_exp_name"] = os.environ["DVC_EXP_NAME"]
+    parent = os.environ.get("RNNLAB_PARENT_RUN_ID")  # set by a sweep: child runs nest under its parent
+    if parent:
+        tags["mlflow.parentRunId"] = parent
+    return {k: v for k, v in tags.items() if v}
+
+
+def make_logger(spec: TrackingSpec, params: dict, run_id: str | None = None):
+    """A Lightning MLFlowLogger on the resolved URI, tagged; `run_id` continues a resumed run."""
+    from lightning.pytorch.loggers import MLFlowLogger
+
+    uri = tracking_uri(spec)
+    check_reachable(uri)
+    return MLFlowLogger(experiment_name=spec.experiment, run_name=spec.run_name, tracking_uri=uri,
+                        tags=run_tags(params), run_id=run_id)
+
+
+def log_to_run(spec: TrackingSpec, run_id: str | None, metrics: dict | None = None,
+               artifacts: list[Path] = (), artifact_path: str | None = None) -> None:
+    """Add metrics and artifacts of a later stage (sample, evaluate) to the training's MLflow run."""
+    if not run_id:
+        return
+    from mlflow.tracking import MlflowClient
+
+    uri = tracking_uri(spec)
+    check_reachable(uri)
+    client = MlflowClient(tracking_uri=uri)
+    for key, value in (metrics or {}).items():
+        if isinstance(value, (int, float)) and value == value:  # numbers, not NaN
+            client.log_metric(run_id, key, float(value))
+    for path in artifacts:
+        client.log_artifact(run_id, str(path), artifact_path)

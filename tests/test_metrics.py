@@ -1,0 +1,112 @@
+"""Evaluation maths: perplexity and bits per token/char of a stream, and statistics of samples."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from rnnlab.errors import UserError
+from rnnlab.metrics import batchify, bits_per_char, evaluate_stream, perplexity, sample_stats
+from rnnlab.sampling import Sample
+
+V = 13
+
+
+class UniformLM(nn.Module):
+    """Equal logits for every token: the model that knows nothing."""
+
+    def forward(self, tokens, hidden=None):
+        b, t = tokens.shape
+        return torch.zeros(b, t, V), torch.zeros(1, b, 1)  # (B, T, V), a dummy hidden state
+
+
+class TinyLM(nn.Module):
+    """Embedding + GRU or LSTM + Linear with the project's interface."""
+
+    def __init__(self, cell: type[nn.RNNBase] = nn.GRU) -> None:
+        super().__init__()
+        with torch.random.fork_rng():
+            torch.manual_seed(0)
+            self.emb = nn.Embedding(V, 8)
+            self.rnn = cell(8, 16, batch_first=True)
+            self.head = nn.Linear(16, V)
+        self.modes: list[bool] = []
+
+    def forward(self, tokens, hidden=None):
+        self.modes.append(self.training)
+        out, hidden = self.rnn(self.emb(tokens), hidden)  # (B, T, H)
+        return self.head(out), hidden  # (B, T, V)
+
+
+def stream(n: int = 103) -> torch.Tensor:
+    return torch.arange(n) * 7 % V  # (N,)
+
+
+def test_uniform_model_has_perplexity_v_and_log2_v_bits():
+    ids = stream()
+    out = evaluate_stream(UniformLM(), ids, batch_size=4, bptt=5, chars=None)
+    assert out["tokens"] == 4 * (103 // 4 - 1)
+    assert out["loss"] == pytest.approx(math.log(V))
+    assert out["ppl"] == pytest.approx(V)
+    assert out["bits_per_token"] == pytest.approx(math.log2(V))
+    assert out["bpc"] == pytest.approx(math.log2(V))  # chars=None: one token per character
+    assert out["nll"] == pytest.approx(out["tokens"] * math.log(V))
+
+
+def test_bpc_divides_by_the_characters_covered():
+    ids = stream(100)
+    out = evaluate_stream(UniformLM(), ids, batch_size=4, bptt=5, chars=250)  # 2.5 characters a token
+    assert out["bpc"] == pytest.approx(math.log2(V) / 2.5)
+    assert evaluate_stream(UniformLM(), ids, 4, 5, chars=100)["bpc"] == pytest.approx(math.log2(V))
+
+
+@pytest.mark.parametrize("cell", [nn.GRU, nn.LSTM])
+def test_hidden_state_is_carried_across_windows(cell):
+    model, ids = TinyLM(cell), stream()
+    rows = batchify(ids, 3)  # (3, 34)
+    with torch.no_grad():
+        logits, _ = model(rows[:, :-1])  # each row in one go
+        expected = F.cross_entropy(logits.flatten(0, 1), rows[:, 1:].flatten(), reduction="sum").item()
+    for bptt in (1, 4, 33, 100):
+        assert evaluate_stream(model, ids, 3, bptt, None)["nll"] == pytest.approx(expected, rel=1e-5)
+
+
+def test_eval_mode_while_evaluating_and_mode_restored():
+    model = TinyLM()
+    model.train()
+    evaluate_stream(model, stream(), 2, 8, None)
+    assert model.training and not any(model.modes)
+
+
+def test_batchify_rows_are_contiguous_chunks():
+    assert batchify(torch.arange(11), 3).tolist() == [[0, 1, 2], [3, 4, 5], [6, 7, 8]]
+
+
+def test_too_short_a_stream_is_a_user_error():
+    with pytest.raises(UserError, match="data.eval_batch_size"):
+        evaluate_stream(UniformLM(), stream(7), batch_size=4, bptt=5, chars=None)
+
+
+def test_helpers():
+    assert perplexity(10 * math.log(5), 10) == pytest.approx(5)
+    assert perplexity(1e6, 1) == math.inf
+    assert bits_per_char(8 * math.log(2), 4) == pytest.approx(2)
+
+
+def test_sample_stats():
+    samples = [
+        Sample("abab", [2, 3, 2, 3], 4, "eos", 1),  # bigrams (2,3) (3,2) (2,3)
+        Sample("ac", [2, 4], 2, "max_length", 0),  # bigram (2,4)
+        Sample("", [], 0, "eos", 2),
+    ]
+    stats = sample_stats(samples, [True, False, True])
+    assert stats["mean_length"] == pytest.approx(2)
+    assert stats["eos_stop_rate"] == pytest.approx(2 / 3)
+    assert stats["distinct_1"] == pytest.approx(3 / 6)  # {2, 3, 4} of 6 tokens
+    assert stats["distinct_2"] == pytest.approx(3 / 4)  # {(2,3), (3,2), (2,4)} of 4 bigrams
+    assert stats["novelty_rate"] == pytest.approx(2 / 3)
+    assert stats["unk_rejection_rate"] == pytest.approx(3 / 8)  # 6 tokens + 2 stopping <eos> drawn
