@@ -18,6 +18,15 @@ TINY_TEXT = "".join(
     f"SPEAKER {i % 3}:\nthe cat, which ate {i} fish, was full.\nthe cats were full too!\n\n" for i in range(60)
 )
 
+# The real config, shrunk: a tiny corpus, a tiny model, a few steps (seconds, not minutes).
+TINY = [
+    "corpus=file", "corpus.path=tiny.txt", "model.embedding_size=8", "model.hidden_size=16",
+    "trainer.max_steps=20", "trainer.val_check_interval=10", "trainer.accelerator=cpu", "data.batch_size=4",
+    "data.bptt=8", "data.eval_batch_size=4", "evaluate.batch_size=2", "evaluate.bptt=8", "gradstats.gtt_length=8",
+    "gradstats.gtt_batch=2", "gradstats.samples=2", "gradstats.sample_length=20", "sample.num_samples=3",
+    "sample.max_length=40",
+]
+
 
 def run(cmd: list[str], cwd: Path, check: bool = True, env: dict | None = None) -> subprocess.CompletedProcess:
     """Run a command the way a user would from the project root (the venv's bin first on PATH)."""

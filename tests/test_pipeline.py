@@ -3,37 +3,72 @@
 from __future__ import annotations
 
 import json
+import sqlite3
 
-from conftest import run
+from conftest import TINY, run
+
+GIT = ["git", "-c", "user.name=t", "-c", "user.email=t@t"]
 
 
-def test_dvc_repro_prepare_and_vocab(project):
-    run(["python", "-m", "rnnlab.config", "corpus=file", "corpus.path=tiny.txt"], project)
+def test_dvc_repro_runs_the_five_stages(project):
+    run(["python", "-m", "rnnlab.config", *TINY], project)
     out = run(["dvc", "repro"], project).stdout
-    assert "prepared file corpus (text)" in out and "char vocabulary" in out
-    stats = json.loads((project / "data" / "vocab" / "stats.json").read_text())
-    assert stats["level"] == "char" and stats["size"] > 10
-    assert "up to date" in run(["dvc", "repro"], project).stdout
+    for stage in ("prepare", "vocab", "train", "sample", "evaluate"):
+        assert f"Running stage '{stage}'" in out
+    assert "prepared file corpus (text)" in out and "char vocabulary" in out and "test: loss" in out
 
+    result = json.loads((project / "data" / "eval" / "metrics.json").read_text())
+    assert result["split"] == "test" and result["test"]["ppl"] > 1 and result["test"]["bpc"] > 0
+    assert 0 <= result["samples"]["novelty_rate"] <= 1 and result["samples"]["mean_length"] > 0
+    samples = json.loads((project / "data" / "samples" / "samples.json").read_text())["samples"]
+    assert len(samples) == 3 and all(s["stopped"] in ("eos", "max_length") for s in samples)
+
+    db = sqlite3.connect(project / "mlflow.db")  # the repository root's database
+    keys = {k for (k,) in db.execute("select distinct key from metrics")}
+    assert {"val/loss", "test/ppl", "test/bpc", "samples/novelty_rate", "grad/norm_pre_clip"} <= keys
+
+    assert "up to date" in run(["dvc", "repro"], project).stdout
     metrics = run(["dvc", "metrics", "show"], project).stdout
-    assert "data/vocab/stats.json" in metrics and "coverage" in metrics
+    for key in ("data/vocab/stats.json", "coverage", "test.ppl", "test.bpc", "samples.novelty_rate", "val_loss"):
+        assert key in metrics
 
     # conf/ edited but params.yaml not recomposed: noticed, explained, non-zero exit
-    char = project / "conf" / "corpus" / "file.yaml"
-    char.write_text(char.read_text().replace("lowercase: false", "lowercase: true"))
+    conf = project / "conf" / "corpus" / "file.yaml"
+    conf.write_text(conf.read_text().replace("lowercase: false", "lowercase: true"))
     stale = run(["dvc", "repro"], project, check=False)
     assert stale.returncode != 0 and "params.yaml is stale: conf/corpus/file.yaml" in stale.stderr + stale.stdout
 
 
-def test_dvc_exp_run_builds_a_word_vocabulary(project):
-    run(["python", "-m", "rnnlab.config", "corpus=file", "corpus.path=tiny.txt"], project)
-    run(["git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qam", "tiny"], project)
-    run(["dvc", "exp", "run", "-S", "vocab=word", "-S", "corpus=file", "-S", "corpus.path=tiny.txt"], project)
+def test_dvc_exp_run_builds_a_word_model(project):
+    run(["python", "-m", "rnnlab.config", *TINY], project)
+    run([*GIT, "commit", "-qam", "tiny"], project)
+    overrides = [arg for o in TINY + ["vocab=word", "vocab.min_freq=1"] for arg in ("-S", o)]
+    run(["dvc", "exp", "run", *overrides], project)
     stats = json.loads((project / "data" / "vocab" / "stats.json").read_text())
     assert stats["level"] == "word"
-    assert "tokens" not in json.loads((project / "data" / "vocab" / "vocab.json").read_text())["tokens"][:2]
     shown = run(["dvc", "exp", "show", "--no-pager", "--csv"], project).stdout
-    assert "vocab.name" in shown and "word" in shown
+    assert "vocab.name" in shown and "word" in shown and "test.bpc" in shown
+    db = sqlite3.connect(project / "mlflow.db")
+    tags = dict(db.execute("select key, value from tags where key = 'dvc_exp_name'").fetchall())
+    assert tags.get("dvc_exp_name")  # the run knows its DVC experiment
+
+
+def test_sample_from_the_command_line(project):
+    run(["python", "-m", "rnnlab.config", *TINY], project)
+    run(["dvc", "repro", "train"], project)
+    out = run(["python", "pipeline/sample.py", "sample.prime=SPEAKER 1:", "sample.num_samples=2",
+               "sample.max_length=10", "sample.seed=3"], project).stdout
+    assert out.count("SPEAKER 1:") == 2
+    again = run(["python", "pipeline/sample.py", "sample.prime=SPEAKER 1:", "sample.num_samples=2",
+                 "sample.max_length=10", "sample.seed=3"], project).stdout
+    assert again == out  # same seed, same text
+    assert not (project / "data" / "samples").exists()  # an interactive look writes nothing
+    bad = run(["python", "pipeline/sample.py", "sample.temperature=0"], project, check=False)
+    assert bad.returncode == 2 and bad.stderr.startswith("error: sample.temperature=0 must be above 0")
+    ckpt = project / "data" / "train" / "checkpoints" / "last.ckpt"
+    assert run(["python", "pipeline/sample.py", f"sample.checkpoint={ckpt}", "sample.max_length=5"], project).stdout
+    missing = run(["python", "pipeline/sample.py", "sample.checkpoint=nope.ckpt"], project, check=False)
+    assert missing.returncode == 2 and "no checkpoint at nope.ckpt" in missing.stderr
 
 
 def test_stage_errors_are_one_line_with_exit_2_and_no_outputs(project):

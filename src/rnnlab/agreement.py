@@ -24,8 +24,9 @@ model to learn, not only what the cell could learn. A GRU trained on distances u
 every distance right, beyond 40 too; a vanilla RNN trained on that range stays at chance everywhere
 even after 180 s of training (presumably the vanishing gradient: most of its training sentences are
 too long for the verb's error to reach the subject). Trained on [0, 10] the same RNN is right up to
-10 and at chance from 20 (measured; FACTS, "Agreement probe feasibility"). So a plot "GRU ≈ 100 %, RNN ≈ 50 % at distance ≥ 30" is a claim about both the cell and
-the chosen `min_distance`/`max_distance`; report them with it.
+10 and at chance from 20 (measured; FACTS, "Agreement probe feasibility"). So a plot "GRU ≈ 100 %,
+RNN ≈ 50 % at distance ≥ 30" is a claim about both the cell and the chosen `min_distance` /
+`max_distance`; report them with it.
 
     text = generate(AgreementSpec(n_sentences=20000, max_distance=40))
     rows = probe(model, vocab, distances=[0, 10, 20, 40, 60])   # [{"distance", "accuracy", "n"}, ...]
@@ -46,7 +47,7 @@ from rnnlab.vocab import EOS_ID, UNK_ID, Vocab
 
 # Subject nouns, singular -> plural; irregular plurals so that number is not just a trailing "s".
 NOUNS = {"cat": "cats", "dog": "dogs", "fox": "foxes", "bird": "birds", "horse": "horses",
-         "mouse": "mice", "goose": "geese", "child": "children"}
+         "mouse": "mice", "goose": "geese", "ox": "oxen"}
 VERBS = {False: "was", True: "were"}  # keyed by "is the subject plural"
 ADJECTIVES = ("full", "happy", "tired", "calm", "sleepy")
 # Number-neutral filler: past-tense verbs, prepositions, adjectives, adverbs and nouns whose plural is
@@ -117,10 +118,10 @@ def accuracy_at(model: nn.Module, vocab: Vocab, distance: int, n: int, rng: rand
     was, were = verb_ids(vocab)
     plural = torch.arange(n) % 2 == 1  # (B,)
     rows = [[EOS_ID] + [vocab.index.get(t, UNK_ID) for t in prefix(rng, bool(p), distance)] for p in plural]
-    tokens = torch.tensor(rows, dtype=torch.long, device=_device(model))  # (B, distance + 7)
+    tokens = torch.tensor(rows, dtype=torch.long, device=_device(model))  # (B, distance + 6)
     logits, _ = model(tokens)  # (B, T, V); hidden=None: the zero start state
     prefers_were = (logits[:, -1, were] > logits[:, -1, was]).cpu()  # (B,)
-    return (prefers_were == plural).float().mean().item()
+    return (prefers_were == plural).sum().item() / n
 
 
 def probe(model: nn.Module, vocab: Vocab, distances: list[int], per_distance: int = 200,
@@ -136,9 +137,9 @@ def probe(model: nn.Module, vocab: Vocab, distances: list[int], per_distance: in
     was_training = model.training
     model.eval()
     try:
-        return [{"distance": d, "n": per_distance,
-                 "accuracy": accuracy_at(model, vocab, d, per_distance, random.Random(f"agreement:{seed}:{d}"))}
-                for d in distances]
+        return [{"distance": d,
+                 "accuracy": accuracy_at(model, vocab, d, per_distance, random.Random(f"agreement:{seed}:{d}")),
+                 "n": per_distance} for d in distances]
     finally:
         model.train(was_training)
 

@@ -2,9 +2,10 @@
 
 Default store: `sqlite:///<repository root>/mlflow.db`, an absolute URI so that DVC's queued experiments
 (which run in a temporary copy under .dvc/tmp/exps, with DVC_ROOT pointing at the real repository) land
-in the same database. `tracking.uri` in the config overrides it; the environment variable
-MLFLOW_TRACKING_URI (a tracking server, e.g. http://127.0.0.1:5000) overrides both. A server that does
-not answer is an error *before* training starts, not after an hour.
+in the same database. The environment variable MLFLOW_TRACKING_URI (a tracking server, e.g.
+http://127.0.0.1:5000) overrides the default, and `tracking.uri` in the config overrides both (MLflow
+itself exports MLFLOW_TRACKING_URI once a run starts, so in-process runs must not depend on it).
+A server that does not answer is an error *before* training starts, not after an hour.
 
 Browse: `mlflow ui --backend-store-uri sqlite:///mlflow.db` (serves http://127.0.0.1:5000).
 """
@@ -38,7 +39,7 @@ def repo_root() -> Path:
 
 
 def tracking_uri(spec: TrackingSpec) -> str:
-    uri = os.environ.get("MLFLOW_TRACKING_URI") or spec.uri or f"sqlite:///{repo_root() / 'mlflow.db'}"
+    uri = spec.uri or os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{repo_root() / 'mlflow.db'}"
     if uri.startswith("sqlite:///") and not uri.startswith("sqlite:////"):
         path = Path(uri[len("sqlite:///"):])  # a relative database path: anchor it at the repository root
         uri = f"sqlite:///{path if path.is_absolute() else repo_root() / path}"

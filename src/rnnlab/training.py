@@ -53,6 +53,7 @@ class TrainJob:
     tracking: TrackingSpec
     seed: int = 1337
     params: dict = field(default_factory=dict)  # everything logged to MLflow as params
+    callbacks: list = field(default_factory=list)  # extra Lightning callbacks (tests, experiments)
 
 
 def trainer_kwargs(values: dict) -> dict:
@@ -169,10 +170,14 @@ def train(job: TrainJob) -> dict:
                            save_last=True, auto_insert_metric_name=False, enable_version_counter=False)
     tty = sys.stdout.isatty()
     callbacks = [best, RichProgressBar() if tty else LinePrinter(max(kwargs.get("max_steps", 0) // 20, 25))]
+    callbacks += job.callbacks
     trainer = pl.Trainer(**kwargs, logger=logger, callbacks=callbacks, enable_progress_bar=tty,
                          default_root_dir=out, inference_mode=False, num_sanity_val_steps=0,
                          enable_model_summary=False)
     trainer.fit(lit, dm, ckpt_path=str(ckpt_dir / "last.ckpt") if resume else None)
+    if trainer.interrupted:
+        raise UserError(f"training was interrupted at step {trainer.global_step}; run `dvc repro` again to resume "
+                        f"from the last checkpoint in {ckpt_dir}")
 
     if best.best_model_path:
         lit.model.load_state_dict(checkpoint.read_lightning_checkpoint(Path(best.best_model_path))[0])

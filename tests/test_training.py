@@ -1,0 +1,135 @@
+"""Training: loss goes down, gradient statistics are right, checkpoints resume, errors are one line."""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+from pathlib import Path
+
+import lightning.pytorch as pl
+import pytest
+import torch
+
+from conftest import TINY_TEXT
+from rnnlab import checkpoint, corpus, gradstats, training, vocab
+from rnnlab.errors import UserError
+from rnnlab.lit import GradStatsSpec, OptimSpec
+from rnnlab.model import RNNLM, ModelSpec
+from rnnlab.tracking import TrackingSpec
+
+
+@pytest.fixture
+def vocab_dir(tmp_path: Path) -> Path:
+    texts = corpus.split(TINY_TEXT * 3, corpus.CorpusSpec(source="file", path="x"))
+    vocab.build_and_encode(texts, vocab.VocabSpec(level="char"), False, tmp_path / "vocab")
+    return tmp_path / "vocab"
+
+
+def tiny_job(vocab_dir: Path, tmp_path: Path, **trainer) -> training.TrainJob:
+    trainer = {"max_steps": 30, "val_check_interval": 10, "check_val_every_n_epoch": None, "max_epochs": -1,
+               "log_every_n_steps": 5, "accelerator": "cpu", "gradient_clip_val": 1.0,
+               "gradient_clip_algorithm": "norm"} | trainer
+    return training.TrainJob(
+        vocab_dir=vocab_dir, out_dir=tmp_path / "train",
+        model=ModelSpec(cell="gru", embedding_size=8, hidden_size=16), optim=OptimSpec(lr=0.01),
+        data=training.DataSpec(batch_size=4, bptt=16, eval_batch_size=4), trainer=trainer,
+        gradstats=GradStatsSpec(every_n_steps=5, gtt_length=12, gtt_batch=2, samples=2, sample_length=20),
+        tracking=TrackingSpec(uri=f"sqlite:///{tmp_path / 'mlflow.db'}"), seed=0, params={"trainer": trainer},
+    )
+
+
+def test_training_writes_model_metrics_plots_and_mlflow_run(vocab_dir, tmp_path):
+    metrics = training.train(tiny_job(vocab_dir, tmp_path))
+    out = tmp_path / "train"
+    assert metrics["step"] == 30 and metrics["val_loss"] < 3.0  # ln(|V|=~30) = 3.4 at the start
+    assert json.loads((out / "metrics.json").read_text()) == metrics
+    assert (out / "plots" / "gradient_through_time.png").stat().st_size > 1000
+    rows = (out / "grad_norm.csv").read_text().splitlines()
+    assert rows[0] == "step,pre_clip,post_clip,clip_fraction" and len(rows) == 1 + 30 // 5
+    model, meta = checkpoint.load_model(out / "model", vocab.Vocab.load(vocab_dir / "vocab.json"))
+    assert meta["vocab_hash"] == vocab.Vocab.load(vocab_dir / "vocab.json").hash
+
+    db = sqlite3.connect(tmp_path / "mlflow.db")
+    keys = {k for (k,) in db.execute("select distinct key from metrics")}
+    assert {"train/loss", "val/loss", "val/ppl", "val/bpc", "grad/norm_pre_clip", "grad/norm_post_clip",
+            "grad/clip_fraction", "grad_group/layer0.recurrent", "gtt/d000", "train/tokens_per_s"} <= keys
+    (run_id,) = db.execute("select run_uuid from runs").fetchone()
+    assert meta["mlflow_run_id"] == run_id
+    artifacts = Path(db.execute("select artifact_uri from runs").fetchone()[0])
+    assert (artifacts / "plots" / "gradient_through_time.png").exists()
+    assert any((artifacts / "samples").glob("step_*.txt"))
+    assert (artifacts / "model" / "model.pt").exists()
+
+
+def test_clipping_statistics_before_and_after(vocab_dir, tmp_path):
+    training.train(tiny_job(vocab_dir, tmp_path, gradient_clip_val=1e-4, max_steps=10))
+    rows = [line.split(",") for line in (tmp_path / "train" / "grad_norm.csv").read_text().splitlines()[1:]]
+    for _, pre, post, frac in rows:
+        assert float(frac) == 1.0 and float(post) == pytest.approx(1e-4, rel=1e-2) and float(pre) > 1e-3
+
+
+def test_no_clipping_means_pre_equals_post(vocab_dir, tmp_path):
+    training.train(tiny_job(vocab_dir, tmp_path, gradient_clip_val=0, max_steps=10))
+    rows = [line.split(",") for line in (tmp_path / "train" / "grad_norm.csv").read_text().splitlines()[1:]]
+    assert all(float(frac) == 0.0 and float(pre) == float(post) for _, pre, post, frac in rows)
+
+
+class Crash(pl.Callback):
+    """Stands for a killed process (Ctrl-C makes Lightning exit the interpreter, so it can't be used here)."""
+
+    def on_train_batch_end(self, trainer, *args) -> None:
+        if trainer.global_step == 15:
+            raise RuntimeError("simulated crash")
+
+
+def test_interrupted_training_resumes_from_the_last_checkpoint(vocab_dir, tmp_path, capsys):
+    job = tiny_job(vocab_dir, tmp_path)
+    job.callbacks = [Crash()]
+    with pytest.raises(RuntimeError, match="simulated crash"):
+        training.train(job)
+    assert (tmp_path / "train" / "checkpoints" / "last.ckpt").exists()
+    metrics = training.train(tiny_job(vocab_dir, tmp_path))
+    assert "resuming the interrupted training" in capsys.readouterr().out
+    assert metrics["step"] == 30
+    db = sqlite3.connect(tmp_path / "mlflow.db")
+    assert db.execute("select count(*) from runs").fetchone()[0] == 1  # the same MLflow run continued
+
+
+def test_exploding_gradients_stop_with_a_clear_message(vocab_dir, tmp_path):
+    job = tiny_job(vocab_dir, tmp_path, gradient_clip_val=0, max_steps=200)
+    job.model, job.optim = ModelSpec(cell="rnn", embedding_size=8, hidden_size=16), OptimSpec(algorithm="sgd", lr=1e38)
+    with pytest.raises(UserError, match=r"became inf/NaN at step \d+ .*clipping is off: set trainer.gradient_clip_val"):
+        training.train(job)
+
+
+def test_unknown_trainer_argument_and_unreachable_server(vocab_dir, tmp_path, monkeypatch):
+    with pytest.raises(UserError, match="trainer.max_stepz is not a lightning.pytorch.Trainer argument"):
+        training.train(tiny_job(vocab_dir, tmp_path, max_stepz=3))
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://127.0.0.1:9")
+    job = tiny_job(vocab_dir, tmp_path)
+    job.tracking = TrackingSpec(uri=None)
+    with pytest.raises(UserError, match="the MLflow tracking server http://127.0.0.1:9 does not answer"):
+        training.train(job)
+    assert not (tmp_path / "train" / "checkpoints").exists()  # failed before training started
+
+
+def test_a_model_refuses_another_vocabulary(vocab_dir, tmp_path):
+    voc = vocab.Vocab.load(vocab_dir / "vocab.json")
+    checkpoint.save_model(tmp_path / "m", RNNLM(len(voc), ModelSpec(hidden_size=8)), voc, {})
+    other = vocab.build("xyz\n", vocab.VocabSpec(level="char"), line_corpus=False)
+    with pytest.raises(UserError, match="was trained with vocabulary .* retrain"):
+        checkpoint.load_model(tmp_path / "m", other)
+    with pytest.raises(UserError, match="no trained model in"):
+        checkpoint.load_model(tmp_path / "nothing", voc)
+
+
+def test_gradient_through_time_vanishes_for_a_contracting_rnn():
+    torch.manual_seed(0)
+    model = RNNLM(5, ModelSpec(cell="rnn", embedding_size=4, hidden_size=8))
+    with torch.no_grad():
+        model.rnn.weight_hh_l0.mul_(0.3)  # a contracting recurrence: gradients shrink with distance
+    x = torch.randint(0, 5, (3, 30))
+    norms = gradstats.gradient_through_time(model, x, x).flip(0)  # by distance
+    assert norms.shape == (30,) and norms[0] > 0
+    assert norms[20] < 1e-3 * norms[0]
+    assert gradstats.probe_distances(30) == [0, 1, 2, 4, 8, 16]
