@@ -133,3 +133,58 @@ def test_gradient_through_time_vanishes_for_a_contracting_rnn():
     assert norms.shape == (30,) and norms[0] > 0
     assert norms[20] < 1e-3 * norms[0]
     assert gradstats.probe_distances(30) == [0, 1, 2, 4, 8, 16]
+
+
+def test_same_seed_same_validation_loss(vocab_dir, tmp_path):
+    first = training.train(tiny_job(vocab_dir, tmp_path / "a", max_steps=20))
+    second = training.train(tiny_job(vocab_dir, tmp_path / "b", max_steps=20))
+    assert first["val_loss"] == second["val_loss"]
+
+
+@pytest.mark.parametrize("trainer, message", [
+    ({"gradient_clip_val": -1}, "trainer.gradient_clip_val=-1 must be a number >= 0"),
+    ({"gradient_clip_algorithm": "l1"}, "trainer.gradient_clip_algorithm='l1': use norm or value"),
+])
+def test_bad_trainer_settings(vocab_dir, tmp_path, trainer, message):
+    with pytest.raises(UserError, match=message):
+        training.train(tiny_job(vocab_dir, tmp_path, **trainer))
+
+
+def test_bptt_longer_than_a_split_is_a_user_error(vocab_dir, tmp_path):
+    job = tiny_job(vocab_dir, tmp_path)
+    job.data = training.DataSpec(batch_size=4, bptt=5000, eval_batch_size=4)
+    with pytest.raises(UserError, match=r"the train split has \d+ tokens, too few for one window of data.bptt"):
+        training.train(job)
+
+
+def memory_task(n: int, length: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Sequences "k x x ... x k": the last token repeats the first, L steps back; x is noise."""
+    g = torch.Generator().manual_seed(seed)
+    seq = torch.randint(4, 8, (n, length + 1), generator=g)
+    seq[:, 0] = torch.randint(0, 4, (n,), generator=g)
+    seq[:, -1] = seq[:, 0]
+    return seq[:, :-1], seq[:, 1:]
+
+
+def trained_on_memory_task(cell: str) -> RNNLM:
+    torch.manual_seed(0)
+    model = RNNLM(8, ModelSpec(cell=cell, embedding_size=8, hidden_size=32))
+    opt = torch.optim.Adam(model.parameters(), lr=1e-2)
+    for step in range(150):
+        x, y = memory_task(64, 20, step)
+        logits, _ = model(x)
+        loss = torch.nn.functional.cross_entropy(logits[:, -1], y[:, -1])  # only the recall matters
+        opt.zero_grad()
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+    return model
+
+
+def test_gradient_through_time_decays_faster_for_the_rnn_than_the_gru():
+    x, y = memory_task(32, 40, seed=999)
+    decay = {}
+    for cell in ("rnn", "gru"):
+        norms = gradstats.gradient_through_time(trained_on_memory_task(cell), x, y).flip(0)  # by distance
+        decay[cell] = float(norms[30:].mean() / norms[0])  # far (30-39 steps back) vs the last input
+    assert decay["rnn"] < 0.1 * decay["gru"], decay

@@ -66,6 +66,9 @@ def trainer_kwargs(values: dict) -> dict:
                         "see conf/trainer/default.yaml for the usual ones")
     if values.get("gradient_clip_algorithm") not in (None, "norm", "value"):
         raise UserError(f"trainer.gradient_clip_algorithm={values['gradient_clip_algorithm']!r}: use norm or value")
+    clip = values.get("gradient_clip_val")
+    if clip is not None and (not isinstance(clip, (int, float)) or clip < 0):
+        raise UserError(f"trainer.gradient_clip_val={clip} must be a number >= 0 (0 or null: no clipping)")
     if values.get("gradient_clip_val") == 0:
         values["gradient_clip_val"] = None  # 0 means off, as in Lightning
     return values
