@@ -63,6 +63,7 @@ class AgreementSpec:
     min_distance: int = 0
     max_distance: int = 40
     seed: int = 0
+    filler: str = "random"  # random: N random FILLER words | passage: the first N words of FILLER, in order
 
     def __post_init__(self) -> None:
         if self.n_sentences < 1:
@@ -74,15 +75,18 @@ class AgreementSpec:
                             f"corpus.generator.min_distance={self.min_distance}")
 
 
-def prefix(rng: random.Random, plural: bool, distance: int) -> list[str]:
+def prefix(rng: random.Random, plural: bool, distance: int, filler_kind: str = "random") -> list[str]:
     """The tokens before the verb: `the <noun> , which <distance filler words> ,`."""
     noun = rng.choice(sorted(NOUNS))
-    filler = [rng.choice(FILLER) for _ in range(distance)]
+    if filler_kind == "passage":  # predictable filler: the verb's number is most of what is left to learn
+        filler = [FILLER[i % len(FILLER)] for i in range(distance)]
+    else:
+        filler = [rng.choice(FILLER) for _ in range(distance)]
     return ["the", NOUNS[noun] if plural else noun, ",", "which", *filler, ","]
 
 
-def sentence(rng: random.Random, plural: bool, distance: int) -> list[str]:
-    return [*prefix(rng, plural, distance), VERBS[plural], rng.choice(ADJECTIVES), "."]
+def sentence(rng: random.Random, plural: bool, distance: int, filler_kind: str = "random") -> list[str]:
+    return [*prefix(rng, plural, distance, filler_kind), VERBS[plural], rng.choice(ADJECTIVES), "."]
 
 
 def generate(spec: AgreementSpec) -> str:
@@ -93,7 +97,7 @@ def generate(spec: AgreementSpec) -> str:
     for _ in range(spec.n_sentences):
         plural = rng.random() < 0.5
         distance = rng.randint(spec.min_distance, spec.max_distance)
-        lines.append(" ".join(sentence(rng, plural, distance)))
+        lines.append(" ".join(sentence(rng, plural, distance, spec.filler)))
     return "\n".join(lines) + "\n"
 
 
@@ -113,11 +117,13 @@ def _device(model: nn.Module) -> torch.device:
 
 
 @torch.no_grad()
-def accuracy_at(model: nn.Module, vocab: Vocab, distance: int, n: int, rng: random.Random) -> float:
+def accuracy_at(model: nn.Module, vocab: Vocab, distance: int, n: int, rng: random.Random,
+                filler: str = "random") -> float:
     """Share of `n` prompts (n // 2 singular, the rest plural) where the right verb form wins."""
     was, were = verb_ids(vocab)
     plural = torch.arange(n) % 2 == 1  # (B,)
-    rows = [[EOS_ID] + [vocab.index.get(t, UNK_ID) for t in prefix(rng, bool(p), distance)] for p in plural]
+    rows = [[EOS_ID] + [vocab.index.get(t, UNK_ID) for t in prefix(rng, bool(p), distance, filler)]
+            for p in plural]
     tokens = torch.tensor(rows, dtype=torch.long, device=_device(model))  # (B, distance + 6)
     logits, _ = model(tokens)  # (B, T, V); hidden=None: the zero start state
     prefers_were = (logits[:, -1, were] > logits[:, -1, was]).cpu()  # (B,)
@@ -125,7 +131,7 @@ def accuracy_at(model: nn.Module, vocab: Vocab, distance: int, n: int, rng: rand
 
 
 def probe(model: nn.Module, vocab: Vocab, distances: list[int], per_distance: int = 200,
-          seed: int = 1) -> list[dict]:
+          seed: int = 1, filler: str = "random") -> list[dict]:
     """Per distance, the share of `per_distance` fresh prompts where the model gives the correct verb form
     ("was"/"were") the higher logit after `<eos> the <noun> , which <filler> ,`. One batch per distance;
     each distance has its own seeded generator, so a row does not depend on which others were asked."""
@@ -138,7 +144,8 @@ def probe(model: nn.Module, vocab: Vocab, distances: list[int], per_distance: in
     model.eval()
     try:
         return [{"distance": d,
-                 "accuracy": accuracy_at(model, vocab, d, per_distance, random.Random(f"agreement:{seed}:{d}")),
+                 "accuracy": accuracy_at(model, vocab, d, per_distance, random.Random(f"agreement:{seed}:{d}"),
+                                         filler),
                  "n": per_distance} for d in distances]
     finally:
         model.train(was_training)

@@ -13,9 +13,11 @@ from __future__ import annotations
 import csv
 import inspect
 import json
+import logging
 import math
 import shutil
 import sys
+import warnings
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -145,8 +147,16 @@ def write_outputs(lit: LitLM, out: Path, title: str) -> list[Path]:
     return plots
 
 
+def quiet_lightning() -> None:
+    """Drop Lightning's start-up chatter and two warnings that do not apply here."""
+    logging.getLogger("lightning.pytorch.utilities.rank_zero").setLevel(logging.WARNING)
+    warnings.filterwarnings("ignore", message=r"Checkpoint directory .* exists and is not empty")  # run.json
+    warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\)")  # Lightning vs torch 2.13
+
+
 def train(job: TrainJob) -> dict:
     """Train, save the best model and metrics; returns the metrics written to metrics.json."""
+    quiet_lightning()
     pl.seed_everything(job.seed, workers=True, verbose=False)
     vocab = Vocab.load(job.vocab_dir / "vocab.json")
     stats = json.loads((job.vocab_dir / "stats.json").read_text())
@@ -213,7 +223,7 @@ def final_metrics(lit: LitLM, trainer: pl.Trainer) -> dict:
     if hist["gtt"] and hist["gtt"][-1][1][0] > 0:
         values = hist["gtt"][-1][1]
         metrics["gtt_ratio_far_near"] = values[-1] / values[0]
-    return {k: (round(v, 6) if isinstance(v, float) and math.isfinite(v) else v) for k, v in metrics.items()}
+    return {k: (float(f"{v:.6g}") if isinstance(v, float) and math.isfinite(v) else v) for k, v in metrics.items()}
 
 
 def log_artifacts(logger, job: TrainJob, out: Path, plots: list[Path]) -> None:
