@@ -42,7 +42,7 @@ def agreement_probe(params, model, vocab, cell: str) -> tuple[dict, list[Path]]:
     from rnnlab import agreement
 
     rows = agreement.probe(model, vocab, list(params.evaluate.agreement_distances),
-                           params.evaluate.agreement_per_distance, filler=params.corpus.generator.filler)
+                           params.evaluate.agreement_per_distance, filler=(params.corpus.generator or {}).get("filler", "random"))
     print(agreement.markdown_table({cell: rows}))
     plot = Path(tempfile.mkdtemp()) / "agreement.png"
     agreement.save_plot({cell: rows}, plot)

@@ -1,0 +1,203 @@
+"""End to end: a training logs through a local `mlflow server`, and a user browses the run in the MLflow UI.
+
+Starts `mlflow server` on 127.0.0.1 (SQLite store and proxied artifacts under tmp_path), trains a tiny model
+into it, checks the run through the REST API, then renders the run list and the run page in headless Chromium
+and writes a screenshot of the run page to docs/mlflow-ui.png. Everything stays on loopback.
+Needs Debian's `chromium` (/usr/bin/chromium): skipped without it, except under CI (CI set), where it fails.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.parse
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+from conftest import REPO, TINY_TEXT
+from rnnlab import corpus, training, vocab
+from rnnlab.tracking import TrackingSpec
+from test_training import tiny_job
+
+CHROMIUM = Path("/usr/bin/chromium")
+MLFLOW = Path(sys.executable).parent / "mlflow"
+SCREENSHOT = REPO / "docs" / "mlflow-ui.png"
+SERVER_START_S = 120
+# A direct opener: a proxy from the environment must not see loopback requests.
+HTTP = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+
+
+@pytest.fixture
+def chromium() -> Path:
+    if not CHROMIUM.exists():
+        if os.environ.get("CI"):
+            pytest.fail(f"{CHROMIUM} is missing: CI must install Debian's chromium (apt-get install -y chromium)")
+        pytest.skip(f"{CHROMIUM} is missing (apt-get install -y chromium); this test needs a headless browser")
+    return CHROMIUM
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@pytest.fixture
+def mlflow_server(tmp_path: Path):
+    """`mlflow server` on a free loopback port; yields its base URL; the whole process group is stopped after."""
+    port = free_port()
+    log = tmp_path / "mlflow-server.log"
+    cmd = [str(MLFLOW), "server", "--host", "127.0.0.1", "--port", str(port), "--workers", "1",
+           "--backend-store-uri", f"sqlite:///{tmp_path / 'mlflow.db'}",
+           "--artifacts-destination", str(tmp_path / "artifacts")]
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_")}
+    with open(log, "wb") as out:
+        proc = subprocess.Popen(cmd, cwd=tmp_path, env=env, stdout=out, stderr=subprocess.STDOUT,
+                                stdin=subprocess.DEVNULL, start_new_session=True)
+
+    def stop() -> None:
+        """SIGTERM to the group (server and its uvicorn workers), then SIGKILL to whatever is left of it."""
+        for sig in (signal.SIGTERM, signal.SIGKILL):
+            try:
+                os.killpg(proc.pid, sig)
+            except ProcessLookupError:
+                break
+            try:
+                proc.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                pass
+            time.sleep(0.2 if sig == signal.SIGTERM else 0)
+        proc.poll()
+
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + SERVER_START_S
+        while True:
+            if proc.poll() is not None:
+                pytest.fail(f"mlflow server exited ({proc.returncode}):\n{log.read_text(errors='replace')[-3000:]}")
+            try:
+                with HTTP.open(f"{url}/health", timeout=5) as response:
+                    if response.status == 200:
+                        break
+            except (urllib.error.URLError, OSError):
+                pass
+            if time.monotonic() > deadline:
+                pytest.fail(f"mlflow server did not answer /health within {SERVER_START_S} s:\n"
+                            f"{log.read_text(errors='replace')[-3000:]}")
+            time.sleep(0.5)
+        yield url
+    finally:
+        stop()
+
+
+@pytest.fixture
+def restore_mlflow_uri():
+    """Lightning's MLFlowLogger calls mlflow.set_tracking_uri, which also exports MLFLOW_TRACKING_URI: undo both,
+    or later tests (and their subprocesses) would log to this test's stopped server."""
+    import mlflow
+    from mlflow.tracking._tracking_service import utils
+
+    env, global_uri = os.environ.get("MLFLOW_TRACKING_URI"), utils._tracking_uri
+    yield
+    mlflow.set_tracking_uri(global_uri)
+    if env is None:
+        os.environ.pop("MLFLOW_TRACKING_URI", None)
+    else:
+        os.environ["MLFLOW_TRACKING_URI"] = env
+
+
+def api(url: str, path: str, body: dict | None = None):
+    data = None if body is None else json.dumps(body).encode()
+    request = urllib.request.Request(url + path, data=data, headers={"Content-Type": "application/json"})
+    with HTTP.open(request, timeout=30) as response:
+        raw = response.read()
+    return raw if path.startswith("/get-artifact") else json.loads(raw)
+
+
+def browse(chromium: Path, tmp_path: Path, url: str, *action: str, window: str = "1400,1500") -> str:
+    """One headless Chromium run on a page of the UI; returns stdout (the DOM for --dump-dom).
+
+    --virtual-time-budget lets the React app fetch and render before the DOM is dumped or the picture taken
+    (virtual time does not advance while requests are in flight). The host resolver maps every name away, so
+    the browser can reach nothing but the loopback IP.
+    """
+    profile = tmp_path / f"chromium-{time.monotonic_ns()}"
+    profile.mkdir()
+    cmd = [str(chromium), "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+           "--disable-background-networking", "--disable-component-update", "--disable-sync",
+           f"--user-data-dir={profile}", f"--window-size={window}", "--hide-scrollbars",
+           "--host-resolver-rules=MAP * ~NOTFOUND, EXCLUDE 127.0.0.1",
+           "--virtual-time-budget=20000", *action, url]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=90, stdin=subprocess.DEVNULL)
+    assert proc.returncode == 0, f"chromium failed ({proc.returncode}):\n{proc.stderr[-3000:]}"
+    return proc.stdout
+
+
+def rendered(chromium: Path, tmp_path: Path, url: str, *needles: str) -> str:
+    """The page's DOM once all `needles` are in it (a slow machine gets up to three renders)."""
+    for _ in range(3):
+        dom = browse(chromium, tmp_path, url, "--dump-dom")
+        if all(needle in dom for needle in needles):
+            return dom
+    missing = [needle for needle in needles if needle not in dom]
+    raise AssertionError(f"{url} never rendered {missing}; last DOM (end):\n{dom[-3000:]}")
+
+
+def test_users_browse_the_training_run_in_the_mlflow_ui(chromium, mlflow_server, restore_mlflow_uri, tmp_path):
+    url = mlflow_server
+    # 1. Train a tiny model, logging through the server (metrics by REST, artifacts uploaded through the proxy).
+    texts = corpus.split(TINY_TEXT * 3, corpus.CorpusSpec(source="file", path="x"))
+    vocab.build_and_encode(texts, vocab.VocabSpec(level="char"), False, tmp_path / "vocab")
+    job = tiny_job(tmp_path / "vocab", tmp_path)
+    job.tracking = TrackingSpec(uri=url)
+    training.train(job)
+
+    # 2. The REST API finds the run, its metrics and its artifacts.
+    experiment = api(url, "/api/2.0/mlflow/experiments/get-by-name?experiment_name=rnnlab")["experiment"]
+    exp_id = experiment["experiment_id"]
+    assert experiment["artifact_location"].startswith("mlflow-artifacts:")  # stored by the server, not the client
+    runs = api(url, "/api/2.0/mlflow/runs/search", {"experiment_ids": [exp_id]})["runs"]
+    assert len(runs) == 1
+    info, data = runs[0]["info"], runs[0]["data"]
+    run_id, run_name = info["run_id"], info["run_name"]
+    assert info["status"] == "FINISHED"
+    metrics = {m["key"]: m["value"] for m in data["metrics"]}
+    assert {"val/loss", "grad/norm_pre_clip", "gtt/d000"} <= metrics.keys()
+
+    def listing(path: str) -> list[str]:
+        query = urllib.parse.urlencode({"run_id": run_id, "path": path})
+        return [f["path"] for f in api(url, f"/api/2.0/mlflow/artifacts/list?{query}").get("files", [])]
+
+    def artifact(path: str) -> bytes:
+        return api(url, "/get-artifact?" + urllib.parse.urlencode({"path": path, "run_uuid": run_id}))
+
+    samples = [p for p in listing("samples") if p.endswith(".txt")]
+    assert samples, listing("samples")
+    assert artifact(samples[-1]).decode("utf-8").strip()
+    assert "plots/gradient_through_time.png" in listing("plots")
+    png = artifact("plots/gradient_through_time.png")
+    assert png.startswith(b"\x89PNG\r\n\x1a\n") and len(png) > 1000
+    assert not (tmp_path / "mlruns").exists()  # nothing written client-side
+
+    # 3. The UI: the experiment's run list shows the run; the run page shows its metrics with their values.
+    runs_dom = rendered(chromium, tmp_path, f"{url}/#/experiments/{exp_id}/runs", run_name, "1 matching run")
+    assert "Training runs" in runs_dom
+    run_page = f"{url}/#/experiments/{exp_id}/runs/{run_id}"
+    val_loss = repr(metrics["val/loss"])  # the UI prints the full value, as JavaScript does (same as Python's repr)
+    run_dom = rendered(chromium, tmp_path, run_page, run_name, "val/loss", "grad/norm_pre_clip", "gtt/d000")
+    assert val_loss in run_dom, f"val/loss = {val_loss} is not on the run page"
+    assert run_id in run_dom and f"Metrics ({len(metrics)})" in run_dom
+
+    # 4. A picture of the run page for the docs (tall enough to show the metrics table).
+    SCREENSHOT.parent.mkdir(exist_ok=True)
+    SCREENSHOT.unlink(missing_ok=True)
+    browse(chromium, tmp_path, run_page, f"--screenshot={SCREENSHOT}")
+    assert SCREENSHOT.read_bytes().startswith(b"\x89PNG") and SCREENSHOT.stat().st_size > 50_000
