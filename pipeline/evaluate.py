@@ -12,9 +12,7 @@ from rnnlab.errors import entry_point
 from rnnlab.files import write_json
 
 
-@entry_point
-def main() -> None:
-    params = load_params()
+def run(params) -> dict:
     from rnnlab import checkpoint, metrics, tracking  # torch after the cheap checks
 
     vocab, model, meta = checkpoint.load_trained(params.paths.vocab, f"{params.paths.train}/model")
@@ -33,6 +31,12 @@ def main() -> None:
                         artifacts=plots, artifact_path="plots")
     print(f"{split}: loss {scores['loss']:.4f} nats/token, perplexity {scores['ppl']:.2f}, "
           f"{scores['bpc']:.4f} bits/char, OOV {scores['oov_rate']:.2%}")
+    return result
+
+
+@entry_point
+def main() -> None:
+    run(load_params())
 
 
 def agreement_probe(params, model, vocab, cell: str) -> tuple[dict, list[Path]]:

@@ -14,10 +14,7 @@ from rnnlab.config import load_params, section, with_overrides
 from rnnlab.errors import entry_point
 
 
-@entry_point
-def main() -> None:
-    overrides = sys.argv[1:]
-    params = with_overrides(load_params(), overrides)
+def run(params, write: bool = True) -> None:
     from rnnlab import checkpoint, sampling, tracking  # torch after the cheap checks
 
     spec = section(params, sampling.SampleSpec, "sample", skip=("checkpoint",))
@@ -26,13 +23,19 @@ def main() -> None:
     samples = sampling.sample(model, vocab, spec)
     for s in samples:
         print(s.text, end="\n\n" if vocab.level == "char" else "\n")
-    if overrides:
-        return  # an interactive look: leave the pipeline's outputs alone
+    if not write:
+        return
     train_text = corpus.read_split(params.paths.prepared, "train")
     out = Path(params.paths.samples)
     sampling.save_samples(out, samples, vocab, train_text, params.corpus.format == "lines")
     tracking.log_to_run(section(params, tracking.TrackingSpec, "tracking"), meta.get("mlflow_run_id"),
                         artifacts=[out / "samples.txt", out / "samples.json"], artifact_path="samples")
+
+
+@entry_point
+def main() -> None:
+    overrides = sys.argv[1:]
+    run(with_overrides(load_params(), overrides), write=not overrides)  # overrides: a look, no outputs
 
 
 if __name__ == "__main__":

@@ -7,12 +7,10 @@ from omegaconf import OmegaConf
 from rnnlab.config import load_params, section
 from rnnlab.errors import entry_point
 
-READS = ("model", "optim", "data", "trainer", "gradstats", "tracking", "seed")  # = the stage's params in dvc.yaml
+READS = ("model", "optim", "data", "trainer", "gradstats", "tracking", "seed", "threads")  # = the stage's params in dvc.yaml
 
 
-@entry_point
-def main() -> None:
-    params = load_params()
+def run(params) -> dict:
     from rnnlab import training  # heavy imports (torch, lightning, mlflow) after the cheap checks
     from rnnlab.lit import GradStatsSpec, OptimSpec
     from rnnlab.model import ModelSpec
@@ -28,11 +26,18 @@ def main() -> None:
         gradstats=section(params, GradStatsSpec, "gradstats"),
         tracking=section(params, TrackingSpec, "tracking"),
         seed=params.seed,
+        threads=params.threads,
         params={key: OmegaConf.to_container(params[key]) if OmegaConf.is_config(params[key]) else params[key]
                 for key in READS + ("corpus", "vocab")},
     )
     metrics = training.train(job)
     print("trained:", ", ".join(f"{k} {v}" for k, v in metrics.items()))
+    return metrics
+
+
+@entry_point
+def main() -> None:
+    run(load_params())
 
 
 if __name__ == "__main__":

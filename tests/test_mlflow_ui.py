@@ -8,8 +8,10 @@ Needs Debian's `chromium` (/usr/bin/chromium): skipped without it, except under 
 
 from __future__ import annotations
 
+import html
 import json
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -141,14 +143,20 @@ def browse(chromium: Path, tmp_path: Path, url: str, *action: str, window: str =
     return proc.stdout
 
 
+def page_text(dom: str) -> str:
+    """The visible text of a dumped DOM: no scripts or styles, tags dropped, whitespace collapsed."""
+    dom = re.sub(r"<(script|style)\b.*?</\1>", "", dom, flags=re.S | re.I)
+    return re.sub(r"\s+", " ", html.unescape(re.sub(r"<[^>]*>", "", dom)))
+
+
 def rendered(chromium: Path, tmp_path: Path, url: str, *needles: str) -> str:
-    """The page's DOM once all `needles` are in it (a slow machine gets up to three renders)."""
+    """The page's visible text once all `needles` are in it (a slow machine gets up to three renders)."""
     for _ in range(3):
-        dom = browse(chromium, tmp_path, url, "--dump-dom")
-        if all(needle in dom for needle in needles):
-            return dom
-    missing = [needle for needle in needles if needle not in dom]
-    raise AssertionError(f"{url} never rendered {missing}; last DOM (end):\n{dom[-3000:]}")
+        text = page_text(browse(chromium, tmp_path, url, "--dump-dom"))
+        if all(needle in text for needle in needles):
+            return text
+    missing = [needle for needle in needles if needle not in text]
+    raise AssertionError(f"{url} never rendered {missing}; its text:\n{text[:3000]}")
 
 
 def test_users_browse_the_training_run_in_the_mlflow_ui(chromium, mlflow_server, restore_mlflow_uri, tmp_path):
@@ -188,13 +196,13 @@ def test_users_browse_the_training_run_in_the_mlflow_ui(chromium, mlflow_server,
     assert not (tmp_path / "mlruns").exists()  # nothing written client-side
 
     # 3. The UI: the experiment's run list shows the run; the run page shows its metrics with their values.
-    runs_dom = rendered(chromium, tmp_path, f"{url}/#/experiments/{exp_id}/runs", run_name, "1 matching run")
-    assert "Training runs" in runs_dom
+    runs_text = rendered(chromium, tmp_path, f"{url}/#/experiments/{exp_id}/runs", run_name, "1 matching run")
+    assert "Training runs" in runs_text
     run_page = f"{url}/#/experiments/{exp_id}/runs/{run_id}"
     val_loss = repr(metrics["val/loss"])  # the UI prints the full value, as JavaScript does (same as Python's repr)
-    run_dom = rendered(chromium, tmp_path, run_page, run_name, "val/loss", "grad/norm_pre_clip", "gtt/d000")
-    assert val_loss in run_dom, f"val/loss = {val_loss} is not on the run page"
-    assert run_id in run_dom and f"Metrics ({len(metrics)})" in run_dom
+    run_text = rendered(chromium, tmp_path, run_page, run_name, "val/loss", "grad/norm_pre_clip", "gtt/d000")
+    assert val_loss in run_text, f"val/loss = {val_loss} is not on the run page"
+    assert run_id in run_text and f"Metrics ({len(metrics)})" in run_text
 
     # 4. A picture of the run page for the docs (tall enough to show the metrics table).
     SCREENSHOT.parent.mkdir(exist_ok=True)

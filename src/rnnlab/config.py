@@ -101,6 +101,26 @@ def compose(overrides: list[str] = (), conf_dir: Path = CONF_DIR):
     return cfg
 
 
+def check_overrides(overrides: list[str], conf_dir: Path = CONF_DIR) -> None:
+    """Check sweep overrides (`model=rnn,gru`, `trainer.gradient_clip_val=0,1`) before any job starts:
+    every group option and key must exist; errors are one line (see `compose`)."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+    from hydra.errors import OverrideParseException
+
+    try:
+        parsed = OverridesParser.create().parse_overrides(list(overrides))
+    except OverrideParseException as err:
+        raise UserError(f"{str(err).strip().splitlines()[0]} (check the override's syntax)") from None
+    choices = {o.input_line: [str(v) for v in (o.sweep_string_iterator() if o.is_sweep_override()
+                                              else [o.get_value_element_as_str()])] for o in parsed}
+    keys = {o.input_line: o.get_key_element() for o in parsed}
+    first = [f"{keys[line]}={values[0]}" for line, values in choices.items()]
+    compose(first, conf_dir)
+    for i, (line, values) in enumerate(choices.items()):
+        for value in values[1:]:
+            compose(first[:i] + [f"{keys[line]}={value}"] + first[i + 1:], conf_dir)
+
+
 def to_yaml(cfg) -> str:
     from omegaconf import OmegaConf
 

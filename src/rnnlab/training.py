@@ -54,6 +54,7 @@ class TrainJob:
     gradstats: GradStatsSpec
     tracking: TrackingSpec
     seed: int = 1337
+    threads: int | None = None  # torch threads; parallel jobs should split the cores between them
     params: dict = field(default_factory=dict)  # everything logged to MLflow as params
     callbacks: list = field(default_factory=list)  # extra Lightning callbacks (tests, experiments)
 
@@ -157,6 +158,8 @@ def quiet_lightning() -> None:
 def train(job: TrainJob) -> dict:
     """Train, save the best model and metrics; returns the metrics written to metrics.json."""
     quiet_lightning()
+    if job.threads:
+        torch.set_num_threads(job.threads)
     pl.seed_everything(job.seed, workers=True, verbose=False)
     vocab = Vocab.load(job.vocab_dir / "vocab.json")
     stats = json.loads((job.vocab_dir / "stats.json").read_text())

@@ -1,0 +1,131 @@
+"""Comparison report of several training runs, read back from MLflow: a Markdown table and PNG plots.
+
+Runs come from a sweep (the children of its parent run) or from DVC experiments (runs tagged with
+`dvc_exp_name`). Per run: validation and test perplexity and bits per character, the mean fraction of
+steps where clipping fired, the gradient-through-time decay (‖∂L_T/∂x_{T-d}‖ / ‖∂L_T/∂x_T‖ at the
+largest probed distance d) and the start of a sample. Plots: gradient through time (one curve per run,
+log scale) and validation loss over steps.
+"""
+
+from __future__ import annotations
+
+import re
+import tempfile
+from pathlib import Path
+from statistics import fmean
+
+from rnnlab.files import write_text
+
+GTT = re.compile(r"gtt/d(\d+)")
+
+
+def children(client, parent_run_id: str) -> list:
+    parent = client.get_run(parent_run_id)
+    return client.search_runs([parent.info.experiment_id], f"tags.mlflow.parentRunId = '{parent_run_id}'",
+                              order_by=["attributes.start_time ASC"])
+
+
+def dvc_experiments(client, experiment: str, names: list[str] = ()) -> list:
+    found = client.get_experiment_by_name(experiment)
+    if not found:
+        return []
+    runs = client.search_runs([found.experiment_id], "", order_by=["attributes.start_time ASC"], max_results=1000)
+    runs = [r for r in runs if r.data.tags.get("dvc_exp_name")]
+    return [r for r in runs if not names or r.data.tags["dvc_exp_name"] in names]
+
+
+def label(run) -> str:
+    return run.data.tags.get("dvc_exp_name") or run.info.run_name or run.info.run_id[:8]
+
+
+def gtt_curve(run) -> tuple[list[float], list[int]]:
+    """The last gradient-through-time values logged, ordered by distance."""
+    points = sorted((int(m.group(1)), v) for k, v in run.data.metrics.items() if (m := GTT.fullmatch(k)))
+    return [v for _, v in points], [d for d, _ in points]
+
+
+def excerpt(client, run, length: int = 80) -> str:
+    with tempfile.TemporaryDirectory() as tmp:
+        names = [a.path for a in client.list_artifacts(run.info.run_id, "samples") if a.path.endswith(".txt")]
+        if not names:
+            return ""
+        chosen = "samples/samples.txt" if "samples/samples.txt" in names else sorted(names)[-1]
+        text = Path(client.download_artifacts(run.info.run_id, chosen, tmp)).read_text(encoding="utf-8")
+    flat = " ".join(text.split())
+    return (flat[:length] + "…") if len(flat) > length else flat
+
+
+def row(client, run) -> dict:
+    m, p = run.data.metrics, run.data.params
+    values, distances = gtt_curve(run)
+    clip = [x.value for x in client.get_metric_history(run.info.run_id, "grad/clip_fraction")]
+    return {
+        "run": label(run),
+        "cell": p.get("model/cell", "?"), "level": p.get("vocab/level", "?"),
+        "clip": f"{p.get('trainer/gradient_clip_val', 'None')} ({p.get('trainer/gradient_clip_algorithm', '')})",
+        "val ppl": m.get("val/ppl"), "test ppl": m.get("test/ppl"),
+        "val bpc": m.get("val/bpc"), "test bpc": m.get("test/bpc"),
+        "clip fraction": fmean(clip) if clip else None,
+        "gtt decay": (values[-1] / values[0], distances[-1]) if values and values[0] > 0 else None,
+        "sample": excerpt(client, run),
+    }
+
+
+def fmt(value) -> str:
+    if value is None:
+        return "–"
+    if isinstance(value, tuple):
+        return f"{value[0]:.1e} at d={value[1]}"
+    if isinstance(value, float):
+        return f"{value:.3f}" if value < 1000 else f"{value:.3g}"
+    return str(value).replace("|", "\\|")
+
+
+def markdown(rows: list[dict], title: str) -> str:
+    heads = list(rows[0]) if rows else []
+    lines = [f"# {title}", "", f"{len(rows)} runs.", ""]
+    lines += ["| " + " | ".join(heads) + " |", "|" + "---|" * len(heads)]
+    lines += ["| " + " | ".join(fmt(r[h]) for h in heads) + " |" for r in rows]
+    lines += ["", "![gradient through time](gradient_through_time.png)", "", "![validation loss](val_loss.png)", ""]
+    return "\n".join(lines)
+
+
+def plots(client, runs: list, out: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4.2), dpi=110)
+    for run in runs:
+        values, distances = gtt_curve(run)
+        if values:
+            ax.semilogy(distances, [max(v, 1e-30) for v in values], marker="o", label=label(run))
+    ax.set(xlabel="distance T − t", ylabel="‖∂L_T/∂x_t‖ (last validation)", title="Gradient through time")
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(out / "gradient_through_time.png")
+    plt.close(fig)
+
+    fig, ax = plt.subplots(figsize=(7, 4.2), dpi=110)
+    for run in runs:
+        hist = client.get_metric_history(run.info.run_id, "val/loss")
+        if hist:
+            ax.plot([h.step for h in hist], [h.value for h in hist], marker="o", label=label(run))
+    ax.set(xlabel="step", ylabel="val loss (nats/token)", title="Validation loss")
+    ax.grid(True, alpha=0.3)
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(out / "val_loss.png")
+    plt.close(fig)
+
+
+def write(client, runs: list, out_dir: str | Path, title: str) -> Path:
+    """Write report.md, gradient_through_time.png and val_loss.png into out_dir; returns report.md."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    rows = [row(client, run) for run in runs]
+    plots(client, runs, out)
+    write_text(out / "report.md", markdown(rows, title))
+    return out / "report.md"

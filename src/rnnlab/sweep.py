@@ -1,0 +1,101 @@
+"""Hydra multirun sweeps over the whole chain (prepare → vocab → train → sample → evaluate).
+
+`pipeline/sweep.py` is the entry point; this module holds what a sweep adds to the DVC stages:
+  * `ParentRun`, a Hydra callback: one MLflow parent run per sweep (named after the sweep folder),
+    created before the jobs start — which also creates the SQLite database and the experiment once,
+    before parallel jobs could race on the first-use schema migration. Its id reaches the jobs through
+    RNNLAB_PARENT_RUN_ID (joblib workers inherit the environment), and every training run tags itself
+    as its child. At the end it writes the comparison report (`report.py`) into the parent run;
+  * `job_params`: per-job paths under the sweep folder, the child run's name (its overrides), and the
+    torch thread count (the cores split between parallel jobs);
+  * `once`: jobs with the same corpus (and vocabulary) settings share the prepared data, keyed by a
+    hash of those settings and built once under a file lock.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, Callable
+
+from filelock import FileLock
+from hydra.experimental.callback import Callback
+from omegaconf import DictConfig, OmegaConf, open_dict
+
+from rnnlab.tracking import TrackingSpec, params_hash, tracking_uri
+
+PARENT_ENV = "RNNLAB_PARENT_RUN_ID"
+SWEPT_ENV = "RNNLAB_SWEPT_KEYS"  # what varies across the sweep: the children are named by these
+
+
+def swept_keys(config: DictConfig) -> list[str]:
+    """Keys the sweep varies: command-line sweeps (a,b / range()) and a preset's sweeper params."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    parsed = OverridesParser.create().parse_overrides(list(config.hydra.overrides.task))
+    keys = [o.get_key_element() for o in parsed if o.is_sweep_override()]
+    return keys + [str(k) for k in (config.hydra.sweeper.get("params") or {})]
+
+
+class ParentRun(Callback):
+    """One MLflow parent run per multirun; the jobs' runs are its children."""
+
+    def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
+        from mlflow.tracking import MlflowClient
+
+        spec = TrackingSpec(**{k: v for k, v in config.tracking.items() if k != "name"})
+        client = MlflowClient(tracking_uri(spec))
+        experiment = client.get_experiment_by_name(spec.experiment)
+        experiment_id = experiment.experiment_id if experiment else client.create_experiment(spec.experiment)
+        sweep_dir = Path(config.hydra.sweep.dir)
+        run = client.create_run(experiment_id, run_name=f"sweep {sweep_dir.name}",
+                                tags={"rnnlab.sweep_dir": str(sweep_dir.resolve())})
+        os.environ[PARENT_ENV] = run.info.run_id
+        os.environ[SWEPT_ENV] = ",".join(swept_keys(config))
+        print(f"MLflow parent run {run.info.run_id} ({tracking_uri(spec)})", flush=True)
+
+    def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
+        from mlflow.tracking import MlflowClient
+
+        from rnnlab import report
+
+        run_id = os.environ.pop(PARENT_ENV, None)
+        if not run_id:
+            return
+        spec = TrackingSpec(**{k: v for k, v in config.tracking.items() if k != "name"})
+        client = MlflowClient(tracking_uri(spec))
+        out = Path(config.hydra.sweep.dir) / "report"
+        report.write(client, report.children(client, run_id), out, title=f"Sweep {Path(config.hydra.sweep.dir).name}")
+        client.log_artifacts(run_id, str(out), "report")
+        client.set_terminated(run_id)
+        print(f"report: {out / 'report.md'}", flush=True)
+
+
+def job_params(cfg: DictConfig, job_dir: Path, overrides: list[str], n_jobs: int) -> DictConfig:
+    """The job's params: outputs under its folder, data shared by settings, named after its overrides."""
+    cfg = cfg.copy()
+    shared = Path(job_dir).parent / "data"
+    corpus_key = params_hash({"corpus": OmegaConf.to_container(cfg.corpus)})
+    vocab_key = params_hash({"corpus": corpus_key, "vocab": OmegaConf.to_container(cfg.vocab)})
+    with open_dict(cfg):
+        cfg.paths.prepared = str(shared / f"prepared-{corpus_key}")
+        cfg.paths.vocab = str(shared / f"vocab-{vocab_key}")
+        for stage in ("train", "samples", "eval"):
+            cfg.paths[stage] = str(Path(job_dir) / stage)
+        swept = os.environ.get(SWEPT_ENV, "").split(",")
+        named = [o for o in overrides if o.split("=", 1)[0].lstrip("+~") in swept] or overrides
+        cfg.tracking.run_name = cfg.tracking.run_name or (" ".join(named) or "defaults")
+        if cfg.threads is None and n_jobs > 1:
+            cfg.threads = max(1, (os.cpu_count() or 1) // n_jobs)
+    return cfg
+
+
+def once(folder: str | Path, build: Callable[[], None]) -> None:
+    """Run `build` (which writes `folder`) unless another job already did; parallel jobs wait."""
+    folder = Path(folder)
+    done = folder / ".done"
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    with FileLock(str(folder) + ".lock"):
+        if not done.exists():
+            build()
+            done.touch()
