@@ -1,0 +1,90 @@
+"""Sweeps: Hydra multirun (basic and joblib launchers) with MLflow parent/child runs and a report;
+the DVC experiment queue; one-line errors for bad sweep overrides."""
+
+from __future__ import annotations
+
+import csv
+import io
+import sqlite3
+import time
+from pathlib import Path
+
+from conftest import TINY, run
+
+GIT = ["git", "-c", "user.name=t", "-c", "user.email=t@t"]
+SMALL = [*TINY, "trainer.max_steps=10", "trainer.val_check_interval=5"]
+
+
+def sweep_runs(project: Path) -> tuple[tuple, list[tuple]]:
+    db = sqlite3.connect(project / "mlflow.db")
+    parents = db.execute("select run_uuid, name from runs where name like 'sweep %'").fetchall()
+    assert len(parents) == 1
+    children = db.execute("select r.run_uuid, r.name, r.status from runs r join tags t on t.run_uuid = r.run_uuid "
+                          "where t.key = 'mlflow.parentRunId' and t.value = ?", (parents[0][0],)).fetchall()
+    return parents[0], children
+
+
+def metric_keys(project: Path, run_uuid: str) -> set[str]:
+    db = sqlite3.connect(project / "mlflow.db")
+    return {k for (k,) in db.execute("select distinct key from metrics where run_uuid = ?", (run_uuid,))}
+
+
+def test_hydra_multirun_gives_children_of_one_parent_and_a_report(project):
+    out = run(["python", "pipeline/sweep.py", "-m", *SMALL, "model=rnn,gru"], project)
+    parent, children = sweep_runs(project)
+    assert sorted(name for _, name, _ in children) == ["model=gru", "model=rnn"]
+    for uuid, _, status in children:
+        assert status == "FINISHED"
+        assert {"val/loss", "test/ppl", "test/bpc", "gtt/d000", "samples/novelty_rate"} <= metric_keys(project, uuid)
+    sweep_dir = next((project / "multirun").iterdir())
+    assert len(list((sweep_dir / "data").glob("prepared-*[!k]"))) == 1  # prepared once, shared by both jobs
+    for job in ("0", "1"):
+        assert (sweep_dir / job / "samples" / "samples.txt").read_text().strip()
+    report = (sweep_dir / "report" / "report.md").read_text()
+    assert "| model=rnn | rnn |" in report and "| model=gru | gru |" in report
+    assert (sweep_dir / "report" / "gradient_through_time.png").stat().st_size > 1000
+    assert "report:" in out.stdout
+
+    again = run(["python", "pipeline/report.py", "--sweep", str(sweep_dir.relative_to(project))], project)
+    assert "Comparison of 2 runs" in again.stdout
+
+
+def test_joblib_launcher_with_two_jobs_loses_no_run(project):
+    proc = run(["python", "pipeline/sweep.py", "-m", *SMALL, "model=rnn,gru", "trainer.gradient_clip_val=0,1",
+                "hydra/launcher=joblib", "hydra.launcher.n_jobs=2"], project)
+    assert "database is locked" not in proc.stdout + proc.stderr
+    _, children = sweep_runs(project)
+    assert len(children) == 4 and all(status == "FINISHED" for _, _, status in children)
+    assert all("test/bpc" in metric_keys(project, uuid) for uuid, _, _ in children)
+
+
+def test_bad_sweep_overrides_are_one_line_errors(project):
+    bad = run(["python", "pipeline/sweep.py", "-m", "model=rnn,transformer"], project, check=False)
+    assert bad.returncode == 2 and bad.stderr == "error: unknown option model=transformer; valid options: gru, lstm, rnn\n"
+    bad = run(["python", "pipeline/sweep.py", "-m", "trainer.max_stepz=1,2"], project, check=False)
+    assert bad.returncode == 2 and "max_stepz" in bad.stderr and len(bad.stderr.splitlines()) == 1
+    assert not (project / "multirun").exists()
+
+
+def test_dvc_queue_runs_land_in_the_root_database(project):
+    run(["python", "-m", "rnnlab.config", *SMALL], project)
+    run([*GIT, "commit", "-qam", "tiny"], project)
+    overrides = [arg for o in SMALL for arg in ("-S", o)]
+    run(["dvc", "exp", "run", "--queue", *overrides, "-S", "model=rnn,gru"], project)
+    run(["dvc", "queue", "start", "-j", "1"], project)
+    deadline = time.time() + 300
+    while time.time() < deadline:
+        status = run(["dvc", "queue", "status"], project).stdout
+        if "Queued" not in status and "Running" not in status:
+            break
+        time.sleep(2)
+    assert "Failed" not in status, status
+    rows = list(csv.DictReader(io.StringIO(run(["dvc", "exp", "show", "--no-pager", "--csv"], project).stdout)))
+    exps = [r for r in rows if r["typ"].startswith("branch")]
+    assert sorted(r["model.name"] for r in exps) == ["gru", "rnn"]
+    assert all(float(r["test.bpc"]) > 0 for r in exps)
+    db = sqlite3.connect(project / "mlflow.db")
+    names = {v for (v,) in db.execute("select value from tags where key = 'dvc_exp_name'")}
+    assert names == {r["Experiment"] for r in exps}
+    report = run(["python", "pipeline/report.py", "--dvc"], project).stdout
+    assert "Comparison of 2 runs" in report
