@@ -26,6 +26,7 @@ from omegaconf import DictConfig, open_dict  # noqa: E402
 from rnnlab import sweep  # noqa: E402
 from rnnlab.config import check_overrides  # noqa: E402
 from rnnlab.errors import UserError, entry_point  # noqa: E402
+from rnnlab.lit import NonFiniteError  # noqa: E402
 
 
 @hydra.main(version_base="1.3", config_path="../conf", config_name="sweep")
@@ -41,6 +42,9 @@ def job(cfg: DictConfig) -> float | None:
         metrics = train.run(params)
         sample.run(params)
         evaluate.run(params)
+    except NonFiniteError as err:  # a diverged run is a result of the sweep (e.g. no clipping), not a mistake
+        print(f"job diverged: {err}", file=sys.stderr)
+        return float("nan")
     except UserError as err:
         print(f"error: {err}", file=sys.stderr)
         raise SystemExit(2) from None

@@ -61,6 +61,9 @@ def mlflow_server(tmp_path: Path):
            "--backend-store-uri", f"sqlite:///{tmp_path / 'mlflow.db'}",
            "--artifacts-destination", str(tmp_path / "artifacts")]
     env = {k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_")}
+    # No job runner: it starts 8 huey processes (GenAI judges, trace jobs) that browsing runs does not need,
+    # slows the start on 2 cores, and leaves a folder in /dev/shm behind at every start.
+    env["MLFLOW_SERVER_ENABLE_JOB_EXECUTION"] = "false"
     with open(log, "wb") as out:
         proc = subprocess.Popen(cmd, cwd=tmp_path, env=env, stdout=out, stderr=subprocess.STDOUT,
                                 stdin=subprocess.DEVNULL, start_new_session=True)

@@ -41,7 +41,7 @@ def test_hydra_multirun_gives_children_of_one_parent_and_a_report(project):
     for job in ("0", "1"):
         assert (sweep_dir / job / "samples" / "samples.txt").read_text().strip()
     report = (sweep_dir / "report" / "report.md").read_text()
-    assert "| model=rnn | rnn |" in report and "| model=gru | gru |" in report
+    assert "| model=rnn | finished | rnn |" in report and "| model=gru | finished | gru |" in report
     assert (sweep_dir / "report" / "gradient_through_time.png").stat().st_size > 1000
     assert "report:" in out.stdout
 

@@ -61,6 +61,7 @@ def row(client, run) -> dict:
     clip = [x.value for x in client.get_metric_history(run.info.run_id, "grad/clip_fraction")]
     return {
         "run": label(run),
+        "status": run.info.status.lower(),
         "cell": p.get("model/cell", "?"), "level": p.get("vocab/level", "?"),
         "clip": f"{p.get('trainer/gradient_clip_val', 'None')} ({p.get('trainer/gradient_clip_algorithm', '')})",
         "val ppl": m.get("val/ppl"), "test ppl": m.get("test/ppl"),
