@@ -38,6 +38,19 @@ def run(cmd: list[str], cwd: Path, check: bool = True, env: dict | None = None) 
     return proc
 
 
+@pytest.fixture(autouse=True)
+def isolated_mlflow_uri():
+    """MLflow exports MLFLOW_TRACKING_URI once a run starts; keep one test's store out of the next test."""
+    saved = os.environ.pop("MLFLOW_TRACKING_URI", None)
+    yield
+    mlflow = sys.modules.get("mlflow")
+    if mlflow is not None:
+        mlflow.set_tracking_uri(None)  # also unsets the environment variable
+    os.environ.pop("MLFLOW_TRACKING_URI", None)
+    if saved is not None:
+        os.environ["MLFLOW_TRACKING_URI"] = saved
+
+
 @pytest.fixture
 def project(tmp_path: Path) -> Path:
     """A copy of the repository (code, conf, pipeline) in a fresh git repository, with a tiny corpus."""

@@ -155,8 +155,8 @@ class LitLM(pl.LightningModule):
             return
         loss = float(self.val_nll) / self.val_tokens
         bpc = loss / math.log(2) / self.hparams.val_chars_per_token
-        self.log_dict({"val/loss": loss, "val/ppl": math.exp(min(loss, 50.0)), "val/bpc": bpc}, prog_bar=True)
-        self.history["val"].append([self.global_step, loss, math.exp(min(loss, 50.0)), bpc])
+        self.log_dict({"val/loss": loss, "val/ppl": math.exp(min(loss, 700.0)), "val/bpc": bpc}, prog_bar=True)
+        self.history["val"].append([self.global_step, loss, math.exp(min(loss, 700.0)), bpc])
         if self.probe is not None:
             self._log_probe()
         for hook in self.on_validation_end_hooks:

@@ -158,6 +158,7 @@ def quiet_lightning() -> None:
 def train(job: TrainJob) -> dict:
     """Train, save the best model and metrics; returns the metrics written to metrics.json."""
     quiet_lightning()
+    torch.set_flush_denormal(True)  # a saturated (diverging) RNN otherwise crawls through denormal floats on CPU
     if job.threads:
         torch.set_num_threads(job.threads)
     pl.seed_everything(job.seed, workers=True, verbose=False)
