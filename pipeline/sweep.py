@@ -24,7 +24,8 @@ from hydra.core.hydra_config import HydraConfig  # noqa: E402
 from omegaconf import DictConfig, open_dict  # noqa: E402
 
 from rnnlab import sweep  # noqa: E402
-from rnnlab.config import check_overrides  # noqa: E402
+from rnnlab import tracking  # noqa: E402
+from rnnlab.config import check_overrides, section  # noqa: E402
 from rnnlab.errors import UserError, entry_point  # noqa: E402
 from rnnlab.lit import NonFiniteError  # noqa: E402
 
@@ -53,7 +54,8 @@ def job(cfg: DictConfig) -> float | None:
 
 @entry_point
 def main() -> None:
-    check_overrides([a for a in sys.argv[1:] if not a.startswith(("-", "hydra"))])  # one-line errors first
+    first = check_overrides([a for a in sys.argv[1:] if not a.startswith(("-", "hydra"))])  # one-line errors
+    tracking.check_reachable(tracking.tracking_uri(section(first, tracking.TrackingSpec, "tracking")))
     job()
 
 

@@ -63,6 +63,9 @@ def test_bad_sweep_overrides_are_one_line_errors(project):
     assert bad.returncode == 2 and bad.stderr == "error: unknown option model=transformer; valid options: gru, lstm, rnn\n"
     bad = run(["python", "pipeline/sweep.py", "-m", "trainer.max_stepz=1,2"], project, check=False)
     assert bad.returncode == 2 and "max_stepz" in bad.stderr and len(bad.stderr.splitlines()) == 1
+    down = run(["python", "pipeline/sweep.py", "-m", "model=rnn,gru", "tracking.uri=http://127.0.0.1:9"], project,
+               check=False)
+    assert down.returncode == 2 and down.stderr.startswith("error: the MLflow tracking server http://127.0.0.1:9 does")
     assert not (project / "multirun").exists()
 
 

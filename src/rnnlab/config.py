@@ -101,9 +101,10 @@ def compose(overrides: list[str] = (), conf_dir: Path = CONF_DIR):
     return cfg
 
 
-def check_overrides(overrides: list[str], conf_dir: Path = CONF_DIR) -> None:
+def check_overrides(overrides: list[str], conf_dir: Path = CONF_DIR):
     """Check sweep overrides (`model=rnn,gru`, `trainer.gradient_clip_val=0,1`) before any job starts:
-    every group option and key must exist; errors are one line (see `compose`)."""
+    every group option and key must exist; errors are one line (see `compose`). Returns the config of
+    the first job."""
     from hydra.core.override_parser.overrides_parser import OverridesParser
     from hydra.errors import OverrideParseException
 
@@ -115,10 +116,11 @@ def check_overrides(overrides: list[str], conf_dir: Path = CONF_DIR) -> None:
                                               else [o.get_value_element_as_str()])] for o in parsed}
     keys = {o.input_line: o.get_key_element() for o in parsed}
     first = [f"{keys[line]}={values[0]}" for line, values in choices.items()]
-    compose(first, conf_dir)
+    cfg = compose(first, conf_dir)
     for i, (line, values) in enumerate(choices.items()):
         for value in values[1:]:
             compose(first[:i] + [f"{keys[line]}={value}"] + first[i + 1:], conf_dir)
+    return cfg
 
 
 def to_yaml(cfg) -> str:

@@ -35,7 +35,9 @@ def dvc_experiments(client, experiment: str, names: list[str] = ()) -> list:
 
 
 def label(run) -> str:
-    return run.data.tags.get("dvc_exp_name") or run.info.run_name or run.info.run_id[:8]
+    """The DVC experiment name, or the run name with keys shortened (trainer.gradient_clip_val= → gradient_clip_val=)."""
+    name = run.data.tags.get("dvc_exp_name") or run.info.run_name or run.info.run_id[:8]
+    return re.sub(r"[\w+]+\.(\w+)=", r"\1=", name)
 
 
 def gtt_curve(run) -> tuple[list[float], list[int]]:
@@ -113,8 +115,8 @@ def plots(client, runs: list, out: Path) -> None:
     for run in runs:
         hist = client.get_metric_history(run.info.run_id, "val/loss")
         if hist:
-            ax.plot([h.step for h in hist], [h.value for h in hist], marker="o", label=label(run))
-    ax.set(xlabel="step", ylabel="val loss (nats/token)", title="Validation loss")
+            ax.semilogy([h.step for h in hist], [h.value for h in hist], marker="o", label=label(run))
+    ax.set(xlabel="step", ylabel="val loss (nats/token, log scale)", title="Validation loss")
     ax.grid(True, alpha=0.3)
     ax.legend(fontsize=7)
     fig.tight_layout()

@@ -57,7 +57,7 @@ def check_reachable(uri: str) -> None:
         reason = getattr(err, "reason", err)
         raise UserError(
             f"the MLflow tracking server {uri} does not answer ({reason}); start it "
-            "(mlflow server --host 127.0.0.1 --port 5000), or unset MLFLOW_TRACKING_URI to use the local mlflow.db"
+            "(mlflow server --host 127.0.0.1 --port 5000), or unset MLFLOW_TRACKING_URI / tracking.uri to use the local mlflow.db"
         ) from None
 
 
