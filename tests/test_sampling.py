@@ -221,3 +221,13 @@ def test_novelty_of_running_text_words():
         "": False,
     }
     assert novelty([made(t) for t in cases], train, "word", False) == list(cases.values())
+
+
+def test_pick_samples_from_the_softmax():
+    from rnnlab.sampling import pick
+
+    logits = torch.log(torch.tensor([[0.5, 0.0, 0.3, 0.2]])).repeat(20000, 1)  # token 1 has probability 0
+    gen = torch.Generator().manual_seed(0)
+    counts = torch.bincount(pick(logits, False, gen), minlength=4).float() / 20000
+    assert counts[1] == 0
+    assert torch.allclose(counts, torch.tensor([0.5, 0.0, 0.3, 0.2]), atol=0.015)

@@ -4,7 +4,7 @@ The lecture's steps ("sampling novel sequences"):
   1. start with a zero hidden state a<0> and a zero input x<1>; here x<1> is the `<eos>` id, the token
      that preceded every line in training;
   2. run one step and draw the next token from the softmax output ŷ<1> (`np.random.choice` in the
-     lecture, `torch.multinomial` here);
+     lecture; here inverse-CDF sampling, the distribution of `torch.multinomial` at a lower cost);
   3. feed the drawn token back as the next input x<2> = ŷ<1>, carrying the hidden state, and repeat;
   4. stop when `<eos>` is drawn, or after a fixed number of tokens.
 
@@ -166,9 +166,16 @@ def top_p_filter(logits: torch.Tensor, p: float) -> torch.Tensor:
 
 
 def pick(logits: torch.Tensor, greedy: bool, gen: torch.Generator) -> torch.Tensor:
+    """Sample one token per row from softmax(logits), or take the argmax.
+
+    Inverse-CDF sampling: the same distribution as `torch.multinomial`, which on the CPU costs more than
+    the GRU step itself at these sizes (bench/sample_throughput.py). u is drawn in [0, total mass), so a
+    token of probability 0 (filtered out, or a rejected `<unk>`) is never chosen."""
     if greedy:
         return logits.argmax(dim=-1)  # (B,)
-    return torch.multinomial(logits.softmax(dim=-1), 1, generator=gen).squeeze(1)  # (B,)
+    cdf = logits.softmax(dim=-1).cumsum(dim=-1)  # (B, V)
+    u = torch.rand(cdf.size(0), 1, generator=gen, device=cdf.device) * cdf[:, -1:]  # (B, 1)
+    return torch.searchsorted(cdf, u, right=True).squeeze(1).clamp_(max=cdf.size(1) - 1)  # (B,)
 
 
 def to_sample(vocab: Vocab, prime_ids: list[int], row: list[int], rejections: int) -> Sample:
