@@ -49,6 +49,7 @@ def main() -> None:
     p.add_argument("--batch", type=int, default=64)
     p.add_argument("--bptt", type=int, default=128)
     p.add_argument("--lr", type=float, default=2e-3)
+    p.add_argument("--schedule", default="none", help="none | plateau (lr x 0.5 when val stalls)")
     p.add_argument("--val-every", type=int, default=100)
     p.add_argument("--threads", type=int, default=None)
     args = p.parse_args()
@@ -72,7 +73,7 @@ def main() -> None:
             vocab_dir=tmp / "vocab", out_dir=tmp / "train",
             model=ModelSpec(cell=args.cell, embedding_size=args.embedding, hidden_size=args.hidden,
                             num_layers=args.layers, dropout=args.dropout),
-            optim=OptimSpec(lr=args.lr),
+            optim=OptimSpec(lr=args.lr, schedule=args.schedule, plateau_factor=0.5, plateau_patience=1),
             data=training.DataSpec(batch_size=args.batch, bptt=args.bptt, eval_batch_size=64),
             trainer={"max_steps": -1, "max_epochs": -1, "max_time": {"seconds": int(args.minutes * 60)},
                      "val_check_interval": args.val_every, "check_val_every_n_epoch": None,

@@ -188,3 +188,12 @@ def test_gradient_through_time_decays_faster_for_the_rnn_than_the_gru():
         norms = gradstats.gradient_through_time(trained_on_memory_task(cell), x, y).flip(0)  # by distance
         decay[cell] = float(norms[30:].mean() / norms[0])  # far (30-39 steps back) vs the last input
     assert decay["rnn"] < 0.1 * decay["gru"], decay
+
+
+def test_plateau_schedule_steps_once_per_validation(vocab_dir, tmp_path):
+    job = tiny_job(vocab_dir, tmp_path, max_steps=40, val_check_interval=10)
+    job.optim = OptimSpec(algorithm="sgd", lr=1.0, schedule="plateau", plateau_factor=0.5, plateau_patience=0)
+    training.train(job)
+    db = sqlite3.connect(tmp_path / "mlflow.db")
+    lrs = sorted({v for (v,) in db.execute("select value from metrics where key = 'train/lr'")}, reverse=True)
+    assert lrs[0] == 1.0 and len(lrs) <= 4  # at most one halving per validation (3 before the last steps)

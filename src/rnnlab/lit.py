@@ -184,8 +184,11 @@ class LitLM(pl.LightningModule):
             return optimizer
         plateau = torch.optim.lr_scheduler.ReduceLROnPlateau(
             optimizer, factor=spec.plateau_factor, patience=spec.plateau_patience)
-        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": plateau, "monitor": "val/loss",
-                                                          "interval": "step", "frequency": 1, "strict": False}}
+        # Step the schedule once per validation (patience counts validations), not once per batch.
+        every = self.trainer.val_check_interval
+        when = {"interval": "step", "frequency": every} if isinstance(every, int) else {"interval": "epoch"}
+        return {"optimizer": optimizer,
+                "lr_scheduler": {"scheduler": plateau, "monitor": "val/loss", "strict": False} | when}
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         checkpoint["rnnlab_history"] = self.history
