@@ -1,10 +1,11 @@
 """Benchmark: training tokens/s of rnnlab's LightningModule + Trainer against a plain PyTorch loop.
 
 Same model, batch, window, optimiser (Adam) and clipping (norm 1.0), same stateful TBPTT batches;
-the two are measured alternately, `--rounds` times each, and the medians compared. Also prints the
-training step's FLOP rate against the machine's measured sgemm rate.
+the two are measured alternately with the sgemm rate, `--rounds` times each, and the medians compared.
+Also prints the training step's FLOP rate against the machine's sgemm rate measured in the same rounds.
 
-    python bench/train_throughput.py [--cell gru] [--hidden 256] [--steps 40] [--rounds 5]
+    python bench/train_throughput.py                      # the default model and batch (params.yaml)
+    python bench/train_throughput.py --cells rnn,gru,lstm --hiddens 256,512
 
 Uses data/vocab/train.npy when the pipeline has run, random tokens otherwise.
 """
@@ -25,6 +26,7 @@ from torch.utils.data import DataLoader
 from rnnlab.data import StreamWindows
 from rnnlab.lit import LitLM
 from rnnlab.model import ModelSpec, RNNLM, detach_hidden
+from rnnlab.training import keep_freed_memory
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -99,38 +101,50 @@ def flops_per_token(spec: ModelSpec, vocab_size: int) -> float:
     return 3 * (sum(per_layer) + 2 * spec.hidden_size * vocab_size)
 
 
+def defaults() -> dict:
+    """The default model and batch, from params.yaml (conf/ composed)."""
+    import yaml
+
+    params = yaml.safe_load((REPO / "params.yaml").read_text())
+    return {"cells": params["model"]["cell"], "hiddens": str(params["model"]["hidden_size"]),
+            "embedding": params["model"]["embedding_size"], "batch": params["data"]["batch_size"],
+            "bptt": params["data"]["bptt"]}
+
+
 def main() -> None:
     p = argparse.ArgumentParser()
-    p.add_argument("--cell", default="gru")
-    p.add_argument("--embedding", type=int, default=64)
-    p.add_argument("--hidden", type=int, default=256)
-    p.add_argument("--batch", type=int, default=64)
-    p.add_argument("--bptt", type=int, default=128)
-    p.add_argument("--steps", type=int, default=40)
+    p.set_defaults(**defaults())
+    p.add_argument("--cells", help="comma-separated: gru,rnn,lstm (default: the default model's)")
+    p.add_argument("--hiddens", help="comma-separated hidden sizes, e.g. 256,512")
+    p.add_argument("--embedding", type=int)
+    p.add_argument("--batch", type=int)
+    p.add_argument("--bptt", type=int)
+    p.add_argument("--steps", type=int, default=30)
     p.add_argument("--warmup", type=int, default=5)
     p.add_argument("--rounds", type=int, default=5)
     args = p.parse_args()
     pl.seed_everything(0, verbose=False)
-    torch.set_num_threads(torch.get_num_threads())
+    keep_freed_memory()  # as training.train() does, for both loops
     vocab_size = 81
-    spec = ModelSpec(cell=args.cell, embedding_size=args.embedding, hidden_size=args.hidden)
     ids = token_stream(vocab_size, args.batch * (args.bptt * (args.steps + args.warmup) + 1))
     windows = StreamWindows(ids, args.batch, args.bptt)
-    plain, light = [], []
-    for _ in range(args.rounds):  # alternate, so background load hits both alike
-        plain.append(plain_loop(spec, vocab_size, windows, args.steps, args.warmup))
-        light.append(lightning_loop(spec, vocab_size, windows, args.steps, args.warmup))
-    mp, ml = statistics.median(plain), statistics.median(light)
-    peak = sgemm_rate()
-    fpt = flops_per_token(spec, vocab_size)
-    print(f"model: {args.cell} emb {args.embedding} hidden {args.hidden}, batch {args.batch} x bptt {args.bptt}, "
-          f"Adam, clip norm 1.0, torch threads {torch.get_num_threads()}, rounds {args.rounds}")
-    print(f"{'loop':<12}{'median tok/s':>14}{'min':>10}{'max':>10}{'GFLOP/s':>10}{'of sgemm':>10}")
-    for name, rates in (("plain", plain), ("lightning", light)):
-        med = statistics.median(rates)
-        print(f"{name:<12}{med:>14,.0f}{min(rates):>10,.0f}{max(rates):>10,.0f}"
-              f"{med * fpt / 1e9:>10.1f}{med * fpt / peak:>10.0%}")
-    print(f"lightning / plain = {ml / mp:.3f}   (sgemm 1024^3: {peak / 1e9:.1f} GFLOP/s)")
+    print(f"batch {args.batch} x bptt {args.bptt}, emb {args.embedding}, vocab {vocab_size}, Adam, clip norm 1.0, "
+          f"torch threads {torch.get_num_threads()}; median of {args.rounds} alternated rounds "
+          f"(plain, Lightning, sgemm 1024^3) of {args.steps} timed steps")
+    print(f"{'model':<12}{'plain tok/s':>13}{'Lightning':>11}{'ratio':>7}{'GFLOP/s':>9}{'sgemm':>8}{'of sgemm':>10}")
+    for cell in args.cells.split(","):
+        for hidden in (int(h) for h in args.hiddens.split(",")):
+            spec = ModelSpec(cell=cell, embedding_size=args.embedding, hidden_size=hidden)
+            plain, light, peak = [], [], []
+            for _ in range(args.rounds):  # alternate, so background load hits all three alike
+                plain.append(plain_loop(spec, vocab_size, windows, args.steps, args.warmup))
+                light.append(lightning_loop(spec, vocab_size, windows, args.steps, args.warmup))
+                peak.append(sgemm_rate())
+            mp, ml, mpeak = statistics.median(plain), statistics.median(light), statistics.median(peak)
+            rate = ml * flops_per_token(spec, vocab_size)
+            print(f"{cell + ' 1x' + str(hidden):<12}{mp:>13,.0f}{ml:>11,.0f}{ml / mp:>7.3f}{rate / 1e9:>9.1f}"
+                  f"{mpeak / 1e9:>8.0f}{rate / mpeak:>10.0%}", flush=True)
+    print("ratio = Lightning / plain; GFLOP/s and 'of sgemm' are the Lightning loop's")
 
 
 if __name__ == "__main__":

@@ -20,6 +20,7 @@ from typing import Callable, Union
 import torch
 from torch import nn
 
+from rnnlab import recurrence
 from rnnlab.errors import UserError
 from rnnlab.vocab import EOS_ID
 
@@ -95,7 +96,10 @@ class RNNLM(nn.Module):
 
     def forward_from_embeddings(self, emb: torch.Tensor, hidden: Hidden = None) -> tuple[torch.Tensor, Hidden]:
         """The model after the embedding lookup, so callers can take gradients w.r.t. the inputs."""
-        out, hidden = self.rnn(emb, hidden)  # (B, T, H); hidden (L, B, H) or a tuple of those
+        if recurrence.supports(self.rnn, emb):  # CPU training: the hand-written BPTT, same maths
+            out, hidden = recurrence.run(self.rnn, emb, hidden)
+        else:
+            out, hidden = self.rnn(emb, hidden)  # (B, T, H); hidden (L, B, H) or a tuple of those
         return self.head(self.drop(out)), hidden  # (B, T, V)
 
     def forward(self, tokens: torch.Tensor, hidden: Hidden = None) -> tuple[torch.Tensor, Hidden]:
