@@ -26,7 +26,7 @@ from torch.utils.data import DataLoader
 from rnnlab.data import StreamWindows
 from rnnlab.lit import LitLM
 from rnnlab.model import ModelSpec, RNNLM, detach_hidden
-from rnnlab.training import keep_freed_memory
+from rnnlab.training import keep_freed_memory, quiet_lightning
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -125,6 +125,7 @@ def main() -> None:
     args = p.parse_args()
     pl.seed_everything(0, verbose=False)
     keep_freed_memory()  # as training.train() does, for both loops
+    quiet_lightning()
     vocab_size = 81
     ids = token_stream(vocab_size, args.batch * (args.bptt * (args.steps + args.warmup) + 1))
     windows = StreamWindows(ids, args.batch, args.bptt)
