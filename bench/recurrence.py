@@ -25,37 +25,51 @@ VARIANTS = [  # (label, hand-written BPTT, keep freed memory)
 ]
 
 
-def worker(args: argparse.Namespace) -> None:
+def plain_loop(spec, vocab_size: int, windows, steps: int, warmup: int) -> float:
+    """Tokens/s of a plain PyTorch training loop over stateful windows (also used by train_throughput.py)."""
     import torch
     import torch.nn.functional as F
 
+    from rnnlab.model import RNNLM, detach_hidden
+
+    model = RNNLM(vocab_size, spec)
+    opt = torch.optim.Adam(model.parameters(), lr=3e-3)
+    hidden, tokens, start = None, 0, 0.0
+    for k in range(warmup + steps):
+        if k == warmup:
+            tokens, start = 0, time.perf_counter()
+        x, y = windows[k % len(windows)]
+        logits, hidden = model(x, hidden)
+        hidden = detach_hidden(hidden)
+        loss = F.cross_entropy(logits.reshape(-1, vocab_size), y.reshape(-1))
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        tokens += y.numel()
+    return tokens / (time.perf_counter() - start)
+
+
+def worker(args: argparse.Namespace) -> None:
+    import numpy as np
+    import torch
+
     from rnnlab import recurrence, training
-    from rnnlab.model import ModelSpec, RNNLM, detach_hidden
+    from rnnlab.data import StreamWindows
+    from rnnlab.model import ModelSpec
 
     if args.keep_memory:
         training.keep_freed_memory()
     if not args.bptt_layers:
         recurrence.supports = lambda module, x: False  # RNNLM falls back to the nn module
     torch.manual_seed(0)
-    V = 81
-    model = RNNLM(V, ModelSpec(cell=args.cell, embedding_size=args.embedding, hidden_size=args.hidden,
-                               num_layers=args.layers))
-    opt = torch.optim.Adam(model.parameters(), lr=3e-3)
-    ids = torch.randint(V, (args.batch, args.bptt * (args.steps + args.warmup) + 1))
-    hidden, start = None, 0.0
-    for k in range(args.warmup + args.steps):
-        if k == args.warmup:
-            start = time.perf_counter()
-        x = ids[:, k * args.bptt: (k + 1) * args.bptt]
-        y = ids[:, k * args.bptt + 1: (k + 1) * args.bptt + 1]
-        logits, hidden = model(x, hidden)
-        hidden = detach_hidden(hidden)
-        loss = F.cross_entropy(logits.reshape(-1, V), y.reshape(-1))
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        opt.step()
-    print(json.dumps({"tokens_per_s": args.steps * args.batch * args.bptt / (time.perf_counter() - start)}))
+    vocab_size = 81
+    spec = ModelSpec(cell=args.cell, embedding_size=args.embedding, hidden_size=args.hidden, num_layers=args.layers)
+    n = args.batch * (args.bptt * (args.steps + args.warmup) + 1)
+    windows = StreamWindows(np.random.default_rng(0).integers(0, vocab_size, n).astype(np.uint16),
+                            args.batch, args.bptt)
+    rate = plain_loop(spec, vocab_size, windows, args.steps, args.warmup)
+    print(json.dumps({"tokens_per_s": rate}))
 
 
 def main() -> None:

@@ -20,13 +20,14 @@ from pathlib import Path
 import lightning.pytorch as pl
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch.utils.data import DataLoader
 
 from rnnlab.data import StreamWindows
 from rnnlab.lit import LitLM
-from rnnlab.model import ModelSpec, RNNLM, detach_hidden
+from rnnlab.model import ModelSpec
 from rnnlab.training import keep_freed_memory, quiet_lightning
+
+from recurrence import plain_loop  # noqa: I001  (bench/recurrence.py, next to this script)
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -36,25 +37,6 @@ def token_stream(vocab_size: int, n: int) -> np.ndarray:
     if path.exists():
         return np.load(path)[:n]
     return np.random.default_rng(0).integers(0, vocab_size, n).astype(np.uint16)
-
-
-def plain_loop(spec: ModelSpec, vocab_size: int, windows: StreamWindows, steps: int, warmup: int) -> float:
-    model = RNNLM(vocab_size, spec)
-    opt = torch.optim.Adam(model.parameters(), lr=3e-3)
-    hidden, tokens, start = None, 0, 0.0
-    for k in range(warmup + steps):
-        if k == warmup:
-            tokens, start = 0, time.perf_counter()
-        x, y = windows[k % len(windows)]
-        logits, hidden = model(x, hidden)
-        hidden = detach_hidden(hidden)
-        loss = F.cross_entropy(logits.reshape(-1, vocab_size), y.reshape(-1))
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        opt.step()
-        tokens += y.numel()
-    return tokens / (time.perf_counter() - start)
 
 
 class Clock(pl.Callback):

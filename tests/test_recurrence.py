@@ -7,7 +7,7 @@ import torch
 from torch import nn
 
 from rnnlab import recurrence
-from rnnlab.model import ModelSpec, RNNLM
+from rnnlab.model import RNNLM, ModelSpec
 
 B, T, E, H = 3, 17, 5, 7
 
