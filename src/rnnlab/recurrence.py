@@ -1,7 +1,7 @@
 """Backpropagation through time, written out: whole-sequence GRU and vanilla RNN layers for CPU training.
 
-`nn.GRU` / `nn.RNN` on CPU record every time step as separate autograd nodes; their backward then
-walks the graph step by step and multiplies out the weight gradient once per step, in small matmuls.
+`nn.GRU` / `nn.RNN` on CPU record every operation of every time step as its own autograd node; their
+backward walks that graph node by node and computes the weight gradient in one small matmul per step.
 Here each layer is one `autograd.Function` whose backward is the textbook BPTT loop:
 
     forward, t = 1..T:  h_t = cell(x_t, h_{t-1})            keeps h_t and the gate values
@@ -12,7 +12,7 @@ Here each layer is one `autograd.Function` whose backward is the textbook BPTT l
 Only the recurrent matmul and a few element-wise ops stay inside the loops; the input projection, its
 gradients and dW_hh are single large matmuls. The maths is PyTorch's own (same gate order and biases,
 `n = tanh(W_in x + b_in + r * (W_hn h + b_hn))`), the parameters are the `nn.GRU` / `nn.RNN` module's
-own, so checkpoints are unchanged; `tests/test_model.py` checks outputs and gradients against the module.
+own, so checkpoints are unchanged; `tests/test_recurrence.py` checks outputs and gradients against the module.
 `RNNLM` uses it when gradients are on and the tensors are on the CPU; sampling, evaluation and GPUs use
 the module itself. LSTM keeps `nn.LSTM` (oneDNN).
 
@@ -122,17 +122,14 @@ def layer(cell: str, x: torch.Tensor, h0: torch.Tensor, w_ih, w_hh, b_ih, b_hh):
 
 def supports(module: nn.RNNBase, x: torch.Tensor) -> bool:
     """Whether `run` handles this module and input: GRU or tanh RNN, batch-first, CPU, gradients on, fp32."""
-    cell = "gru" if isinstance(module, nn.GRU) else "rnn" if isinstance(module, nn.RNN) else None
+    if not torch.is_grad_enabled() or x.device.type != "cpu":  # sampling, evaluation, GPUs: the module
+        return False
     return (
-        cell is not None
-        and (cell == "gru" or module.nonlinearity == "tanh")
+        (isinstance(module, nn.GRU) or (isinstance(module, nn.RNN) and module.nonlinearity == "tanh"))
         and module.batch_first
         and module.bias
         and not module.bidirectional
-        and getattr(module, "proj_size", 0) == 0
-        and x.device.type == "cpu"
         and x.dtype in (torch.float32, torch.float64)
-        and torch.is_grad_enabled()
         and not torch.is_autocast_enabled("cpu")  # precision=bf16-mixed: the module's own autocast rules
     )
 
