@@ -21,17 +21,13 @@ import torch.nn.functional as F
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "src"))
 
-from rnnlab.agreement import AgreementSpec, generate, markdown_table, probe, save_plot  # noqa: E402
+from rnnlab.agreement import AgreementSpec, generate  # noqa: E402
+from rnnlab.agreement_probe import markdown_table, probe, save_plot  # noqa: E402
 from rnnlab.model import ModelSpec, RNNLM, detach_hidden  # noqa: E402
+from rnnlab.scoring import batchify  # noqa: E402
 from rnnlab.vocab import VocabSpec, build  # noqa: E402
 
 BATCH, BPTT = 64, 64
-
-
-def streams(ids, batch_size: int) -> torch.Tensor:
-    """1-D ids -> (B, N): B contiguous streams, as `rnnlab.data.batchify` (not imported: it pulls Lightning)."""
-    n = len(ids) // batch_size
-    return torch.from_numpy(ids[: n * batch_size].astype("int64")).view(batch_size, n)  # (B, N)
 
 
 def train(cell: str, data: torch.Tensor, vocab_size: int, seconds: float) -> tuple[RNNLM, dict]:
@@ -74,7 +70,7 @@ def main() -> None:
     spec = AgreementSpec(args.n_sentences, args.min_distance, args.max_distance, seed=0)
     text = generate(spec)
     vocab = build(text, VocabSpec(level="word"), line_corpus=True)
-    data = streams(vocab.encode(text), BATCH)
+    data = batchify(vocab.encode(text), BATCH)
     print(f"corpus: {spec}; {data.numel()} tokens, vocab {len(vocab)}, torch threads {torch.get_num_threads()}")
     curves = {}
     for cell in args.cells:

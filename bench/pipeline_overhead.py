@@ -21,12 +21,12 @@ REPO = Path(__file__).resolve().parents[1]
 
 # What each stage imports on a real run (its script's imports plus the lazy ones inside run()).
 STAGE_IMPORTS = {
-    "params": "import rnnlab.config, hydra",
-    "prepare": "import rnnlab.config, rnnlab.corpus, omegaconf",
-    "vocab": "import rnnlab.config, rnnlab.corpus, rnnlab.vocab, omegaconf",
-    "train": "import rnnlab.config, rnnlab.training, omegaconf",
-    "sample": "import rnnlab.config, rnnlab.checkpoint, rnnlab.sampling, rnnlab.tracking, omegaconf",
-    "evaluate": "import rnnlab.config, rnnlab.checkpoint, rnnlab.metrics, rnnlab.tracking, omegaconf",
+    "params": "import rnnlab.stages.params, omegaconf",
+    "prepare": "import rnnlab.stages.prepare, omegaconf",
+    "vocab": "import rnnlab.stages.vocab, omegaconf",
+    "train": "import rnnlab.stages.train, rnnlab.training, omegaconf",
+    "sample": "import rnnlab.stages.sample, rnnlab.checkpoint, rnnlab.sampling, rnnlab.tracking",
+    "evaluate": "import rnnlab.stages.evaluate, rnnlab.checkpoint, rnnlab.scoring, rnnlab.tracking",
 }
 
 

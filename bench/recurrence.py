@@ -1,5 +1,5 @@
 """Benchmark: the hand-written BPTT layers (rnnlab.recurrence) against nn.GRU / nn.RNN, and glibc's
-default memory handling against `training.keep_freed_memory()`; before/after figures for both changes.
+default memory handling against `runtime.keep_freed_memory()`; before/after figures for both changes.
 
 Plain PyTorch training loop (embedding → cell → linear head, cross-entropy, Adam, clip norm 1.0), stateful
 batches of B × T tokens. Every variant runs in its own fresh process (glibc's malloc settings cannot be
@@ -54,12 +54,12 @@ def worker(args: argparse.Namespace) -> None:
     import numpy as np
     import torch
 
-    from rnnlab import recurrence, training
+    from rnnlab import recurrence, runtime
     from rnnlab.data import StreamWindows
     from rnnlab.model import ModelSpec
 
     if args.keep_memory:
-        training.keep_freed_memory()
+        runtime.keep_freed_memory()
     if not args.bptt_layers:
         recurrence.supports = lambda module, x: False  # RNNLM falls back to the nn module
     torch.manual_seed(0)

@@ -61,7 +61,8 @@ def main() -> None:
         return
 
     from rnnlab import corpus, training, vocab
-    from rnnlab.lit import GradStatsSpec, OptimSpec
+    from rnnlab.callbacks import GradStatsSpec
+    from rnnlab.lit import OptimSpec
     from rnnlab.model import ModelSpec
     from rnnlab.tracking import TrackingSpec
 

@@ -23,9 +23,10 @@ import torch
 from torch.utils.data import DataLoader
 
 from rnnlab.data import StreamWindows
+from rnnlab.callbacks import GradientStats
 from rnnlab.lit import LitLM
 from rnnlab.model import ModelSpec
-from rnnlab.training import keep_freed_memory, quiet_lightning
+from rnnlab.runtime import keep_freed_memory, quiet_lightning
 
 from recurrence import plain_loop  # noqa: I001  (bench/recurrence.py, next to this script)
 
@@ -56,12 +57,11 @@ class Clock(pl.Callback):
 def lightning_loop(spec: ModelSpec, vocab_size: int, windows: StreamWindows, steps: int, warmup: int) -> float:
     from dataclasses import asdict
 
-    lit = LitLM(vocab_size, "bench", asdict(spec), {"lr": 3e-3},
-                {"every_n_steps": 20, "gtt_length": 0, "samples": 0})
+    lit = LitLM(vocab_size, "bench", asdict(spec), {"lr": 3e-3})
     clock = Clock(warmup)
     trainer = pl.Trainer(max_steps=warmup + steps, gradient_clip_val=1.0, accelerator="cpu", logger=False,
                          enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
-                         limit_val_batches=0, callbacks=[clock], log_every_n_steps=20)
+                         limit_val_batches=0, callbacks=[clock, GradientStats(20)], log_every_n_steps=20)  # as training.train
     trainer.fit(lit, DataLoader(windows, batch_size=None, shuffle=False))
     return clock.tokens / (clock.end - clock.start)
 

@@ -1,15 +1,6 @@
-"""Stage `params`: stop when conf/ was edited but params.yaml was not recomposed from it."""
+"""DVC stage `params` (dvc.yaml): stop when conf/ was edited but params.yaml was not recomposed from it. The work is rnnlab.stages.params.run."""
 
-from pathlib import Path
-
-from rnnlab.config import check_fresh, load_params
-from rnnlab.errors import entry_point
-
-
-@entry_point
-def main() -> None:
-    check_fresh(Path(load_params().paths.state) / "params.json")
-
+from rnnlab.stages import main, params
 
 if __name__ == "__main__":
-    main()
+    main(params.run)

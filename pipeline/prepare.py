@@ -1,21 +1,6 @@
-"""Stage `prepare`: read the corpus, clean it, split it into data/prepared/{train,val,test}.txt."""
+"""DVC stage `prepare` (dvc.yaml): read, clean and split the corpus. The work is rnnlab.stages.prepare.run."""
 
-from rnnlab import corpus
-from rnnlab.config import load_params, section
-from rnnlab.errors import entry_point
-
-
-def run(params) -> None:
-    stats = corpus.prepare(section(params, corpus.CorpusSpec, "corpus"), params.paths.prepared, params.paths.raw)
-    sizes = ", ".join(f"{k} {v:,}" for k, v in stats["chars"].items())
-    print(f"prepared {stats['source']} corpus ({stats['format']}): {sizes} characters")
-
-
-
-@entry_point
-def main() -> None:
-    run(load_params())
-
+from rnnlab.stages import main, prepare
 
 if __name__ == "__main__":
-    main()
+    main(prepare.run)

@@ -4,52 +4,32 @@
     python pipeline/sweep.py -m model=rnn,gru hydra/launcher=joblib hydra.launcher.n_jobs=2
     python pipeline/sweep.py -m +experiment=clipping          (a preset's own sweep)
 
-Every job runs the same stage functions as `dvc repro` (prepare → vocab → train → sample → evaluate);
-jobs with the same corpus/vocabulary settings share the prepared data. All runs are children of one
-MLflow parent run, and the comparison report (multirun/<time>/report/report.md) is logged to it.
+Every job runs the same stage functions as `dvc repro` (rnnlab.stages: prepare → vocab → train →
+sample → evaluate); jobs with the same corpus/vocabulary settings share the prepared data. All runs are
+children of one MLflow parent run, and the comparison report (multirun/<time>/report/report.md) is
+logged to it. The work is in rnnlab.sweep.
 """
 
 import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))  # the stage scripts beside this one
+import hydra
+from hydra.core.hydra_config import HydraConfig
+from omegaconf import DictConfig, open_dict
 
-import evaluate  # noqa: E402
-import hydra  # noqa: E402
-import prepare  # noqa: E402
-import sample  # noqa: E402
-import train  # noqa: E402
-import vocab  # noqa: E402
-from hydra.core.hydra_config import HydraConfig  # noqa: E402
-from omegaconf import DictConfig, open_dict  # noqa: E402
-
-from rnnlab import sweep  # noqa: E402
-from rnnlab import tracking  # noqa: E402
-from rnnlab.config import check_overrides, section  # noqa: E402
-from rnnlab.errors import UserError, entry_point  # noqa: E402
-from rnnlab.lit import NonFiniteError  # noqa: E402
+from rnnlab import sweep, tracking
+from rnnlab.config import check_overrides, section
+from rnnlab.errors import entry_point
 
 
 @hydra.main(version_base="1.3", config_path="../conf", config_name="sweep")
-def job(cfg: DictConfig) -> float | None:
+def job(cfg: DictConfig) -> float:
     hc = HydraConfig.get()
-    n_jobs = hc.launcher.get("n_jobs", 1) or 1
     with open_dict(cfg):
         cfg.pop("hydra", None)
-    params = sweep.job_params(cfg, Path(hc.runtime.output_dir), list(hc.overrides.task), n_jobs)
-    try:
-        sweep.once(params.paths.prepared, lambda: prepare.run(params))
-        sweep.once(params.paths.vocab, lambda: vocab.run(params))
-        metrics = train.run(params)
-        sample.run(params)
-        evaluate.run(params)
-    except NonFiniteError as err:  # a diverged run is a result of the sweep (e.g. no clipping), not a mistake
-        print(f"job diverged: {err}", file=sys.stderr)
-        return float("nan")
-    except UserError as err:
-        print(f"error: {err}", file=sys.stderr)
-        raise SystemExit(2) from None
-    return metrics.get("val_loss")  # what an optimising sweeper (e.g. Optuna) would minimise
+    params = sweep.job_params(cfg, Path(hc.runtime.output_dir), list(hc.overrides.task),
+                              hc.launcher.get("n_jobs", 1) or 1)
+    return entry_point(sweep.run_job)(params)  # a user error ends the job with one line, exit 2
 
 
 @entry_point

@@ -1,4 +1,9 @@
-"""Shared test helpers: the repository root, a tiny corpus, and a copy of the repo as a git + DVC project."""
+"""Shared test helpers: the repository root, a tiny corpus, the real config shrunk, and a copy of the repo
+as a git + DVC project.
+
+Two tiers: end-to-end tests (real `dvc`, sweeps, servers, the browser) are marked `slow`;
+`pytest -m "not slow"` is the quick loop, `pytest -q` runs everything (CI).
+"""
 
 from __future__ import annotations
 
@@ -26,6 +31,22 @@ TINY = [
     "gradstats.gtt_batch=2", "gradstats.samples=2", "gradstats.sample_length=20", "sample.num_samples=3",
     "sample.max_length=40",
 ]
+
+
+def pytest_addoption(parser) -> None:
+    parser.addoption("--refresh-docs", action="store_true",
+                     help="let the MLflow UI test write docs/mlflow-ui.png (tests write nowhere else in the repo)")
+
+
+def tiny_params(tmp_path: Path, *overrides: str):
+    """The real config (conf/) shrunk by TINY, every path and the MLflow store inside `tmp_path`."""
+    from rnnlab.config import compose
+
+    corpus = tmp_path / "tiny.txt"
+    corpus.write_text(TINY_TEXT, encoding="utf-8")
+    paths = [f"paths.{k}={tmp_path / 'data' / k}" for k in ("raw", "prepared", "vocab", "train", "samples", "eval", "state")]
+    return compose([*TINY, f"corpus.path={corpus}", *paths, f"tracking.uri=sqlite:///{tmp_path / 'mlflow.db'}",
+                    *overrides], REPO / "conf")
 
 
 def run(cmd: list[str], cwd: Path, check: bool = True, env: dict | None = None) -> subprocess.CompletedProcess:

@@ -6,8 +6,9 @@ import pytest
 import torch
 from torch import nn
 
-from rnnlab import agreement
-from rnnlab.agreement import AgreementSpec, generate, markdown_table, probe, save_plot
+from rnnlab import agreement, agreement_probe
+from rnnlab.agreement import AgreementSpec, generate
+from rnnlab.agreement_probe import markdown_table, probe, save_plot
 from rnnlab.errors import UserError
 from rnnlab.model import ModelSpec, RNNLM
 from rnnlab.vocab import VocabSpec, build
@@ -115,7 +116,7 @@ def test_vocabulary_without_verbs_is_a_user_error():
         probe(RNNLM(len(vocab), ModelSpec(embedding_size=4, hidden_size=4)), vocab, distances=[1])
     char_vocab = build("the cat was full\n", VocabSpec(level="char"), line_corpus=True)
     with pytest.raises(UserError, match="lacks"):
-        agreement.verb_ids(char_vocab)
+        agreement_probe.verb_ids(char_vocab)
 
 
 def test_table_and_plot(tmp_path):

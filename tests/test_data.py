@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 import torch
 
-from rnnlab.data import StreamDataModule, StreamWindows, batchify
+from rnnlab.data import StreamDataModule, StreamWindows
 from rnnlab.errors import UserError
-from rnnlab.vocab import save_ids
+from rnnlab.scoring import batchify
 
 
 def test_batchify_rows_are_contiguous_chunks_and_remainder_is_dropped():
@@ -45,8 +45,9 @@ def test_short_split_is_a_user_error_naming_split_and_size():
 
 
 def write_splits(tmp_path, sizes: dict[str, int]):
+    tmp_path.mkdir(exist_ok=True)
     for split, n in sizes.items():
-        save_ids(tmp_path / f"{split}.npy", (np.arange(n) % 50).astype(np.uint16))
+        np.save(tmp_path / f"{split}.npy", (np.arange(n) % 50).astype(np.uint16))
     return tmp_path
 
 
@@ -59,14 +60,14 @@ def test_datamodule_yields_whole_batches_in_stream_order(tmp_path):
     assert x0.shape == y0.shape == (4, 7) and x0.dtype == torch.int64
     torch.testing.assert_close(batches[1][0][:, 0], y0[:, -1])  # window 1 starts where window 0's targets end
     assert next(iter(dm.val_dataloader()))[0].shape == (2, 7)
-    assert next(iter(dm.test_dataloader()))[0].shape == (2, 7)
 
 
 def test_datamodule_short_split_and_missing_split(tmp_path):
     dm = StreamDataModule(write_splits(tmp_path, {"train": 1000, "val": 10}), batch_size=4, bptt=7, eval_batch_size=2)
     with pytest.raises(UserError, match="val split has 10 tokens"):
         dm.val_dataloader()
-    with pytest.raises(UserError, match="dvc repro vocab"):
-        dm.test_dataloader()
+    dm = StreamDataModule(write_splits(tmp_path / "only_val", {"val": 300}), batch_size=4, bptt=7, eval_batch_size=2)
+    with pytest.raises(UserError, match="no encoded train split.*dvc repro vocab"):
+        dm.train_dataloader()
     with pytest.raises(UserError, match="data.bptt=0"):
         StreamDataModule(tmp_path, batch_size=4, bptt=0, eval_batch_size=2)

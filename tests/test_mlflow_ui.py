@@ -2,7 +2,8 @@
 
 Starts `mlflow server` on 127.0.0.1 (SQLite store and proxied artifacts under tmp_path), trains a tiny model
 into it, checks the run through the REST API, then renders the run list and the run page in headless Chromium
-and writes a screenshot of the run page to docs/mlflow-ui.png. Everything stays on loopback.
+and takes a screenshot of the run page (into the test's temporary folder; `pytest --refresh-docs` writes
+docs/mlflow-ui.png instead). Everything stays on loopback.
 Needs Debian's `chromium` (/usr/bin/chromium): skipped without it, except under CI (CI set), where it fails.
 """
 
@@ -31,7 +32,7 @@ from test_training import tiny_job
 
 CHROMIUM = Path("/usr/bin/chromium")
 MLFLOW = Path(sys.executable).parent / "mlflow"
-SCREENSHOT = REPO / "docs" / "mlflow-ui.png"
+DOCS_SCREENSHOT = REPO / "docs" / "mlflow-ui.png"
 SERVER_START_S = 120
 # A direct opener: a proxy from the environment must not see loopback requests.
 HTTP = urllib.request.build_opener(urllib.request.ProxyHandler({}))
@@ -162,7 +163,9 @@ def rendered(chromium: Path, tmp_path: Path, url: str, *needles: str) -> str:
     raise AssertionError(f"{url} never rendered {missing}; its text:\n{text[:3000]}")
 
 
-def test_users_browse_the_training_run_in_the_mlflow_ui(chromium, mlflow_server, restore_mlflow_uri, tmp_path):
+@pytest.mark.slow
+def test_users_browse_the_training_run_in_the_mlflow_ui(chromium, mlflow_server, restore_mlflow_uri, tmp_path,
+                                                     request):
     url = mlflow_server
     # 1. Train a tiny model, logging through the server (metrics by REST, artifacts uploaded through the proxy).
     texts = corpus.split(TINY_TEXT * 3, corpus.CorpusSpec(source="file", path="x"))
@@ -208,7 +211,7 @@ def test_users_browse_the_training_run_in_the_mlflow_ui(chromium, mlflow_server,
     assert run_id in run_text and f"Metrics ({len(metrics)})" in run_text
 
     # 4. A picture of the run page for the docs (tall enough to show the metrics table).
-    SCREENSHOT.parent.mkdir(exist_ok=True)
-    SCREENSHOT.unlink(missing_ok=True)
-    browse(chromium, tmp_path, run_page, f"--screenshot={SCREENSHOT}")
-    assert SCREENSHOT.read_bytes().startswith(b"\x89PNG") and SCREENSHOT.stat().st_size > 50_000
+    screenshot = DOCS_SCREENSHOT if request.config.getoption("--refresh-docs") else tmp_path / "mlflow-ui.png"
+    screenshot.unlink(missing_ok=True)
+    browse(chromium, tmp_path, run_page, f"--screenshot={screenshot}")
+    assert screenshot.read_bytes().startswith(b"\x89PNG") and screenshot.stat().st_size > 50_000

@@ -7,7 +7,11 @@ import io
 import json
 import sqlite3
 
+import pytest
+
 from conftest import TINY, run
+
+pytestmark = pytest.mark.slow  # end to end: real dvc, sweeps, servers
 
 GIT = ["git", "-c", "user.name=t", "-c", "user.email=t@t"]
 
@@ -30,6 +34,13 @@ def test_dvc_repro_runs_the_five_stages(project):
     assert {"val/loss", "test/ppl", "test/bpc", "samples/novelty_rate", "grad/norm_pre_clip"} <= keys
 
     assert "up to date" in run(["dvc", "repro"], project).stdout
+    # Editing the BPTT maths (a comment is enough) makes DVC see train, sample, evaluate as changed.
+    with open(project / "src" / "rnnlab" / "recurrence.py", "a") as fh:
+        fh.write("# edited\n")
+    status = run(["dvc", "status"], project).stdout
+    assert "train:" in status and "modified:           src/rnnlab/recurrence.py" in status
+    assert "prepare:" not in status
+    run(["git", "checkout", "src/rnnlab/recurrence.py"], project)
     metrics = run(["dvc", "metrics", "show"], project).stdout
     for key in ("data/vocab/stats.json", "coverage", "test.ppl", "test.bpc", "samples.novelty_rate", "val_loss"):
         assert key in metrics
@@ -39,6 +50,21 @@ def test_dvc_repro_runs_the_five_stages(project):
     conf.write_text(conf.read_text().replace("lowercase: false", "lowercase: true"))
     stale = run(["dvc", "repro"], project, check=False)
     assert stale.returncode != 0 and "params.yaml is stale: conf/corpus/file.yaml" in stale.stderr + stale.stdout
+
+
+def test_a_run_shorter_than_the_validation_interval_completes_all_stages(project):
+    """A user's first quick try: fewer steps than trainer.val_check_interval still ends with a validation,
+    so the model, metrics, plots and samples all exist."""
+    run(["python", "-m", "rnnlab.config", *TINY], project)
+    run([*GIT, "commit", "-qam", "tiny"], project)
+    overrides = [a for o in [*TINY, "trainer.max_steps=7"] for a in ("-S", o)]  # val_check_interval=10
+    out = run(["dvc", "exp", "run", *overrides], project).stdout
+    assert "Running stage 'evaluate'" in out
+    train = project / "data" / "train"
+    metrics = json.loads((train / "metrics.json").read_text())
+    assert metrics["step"] == 7 and metrics["best_step"] == 7 and metrics["val_loss"] > 0
+    assert (train / "plots" / "loss.png").exists() and (train / "plots" / "gradient_through_time.png").exists()
+    assert json.loads((project / "data" / "eval" / "metrics.json").read_text())["test"]["loss"] > 0
 
 
 def test_dvc_exp_run_builds_a_word_model(project):

@@ -9,7 +9,11 @@ import sqlite3
 import time
 from pathlib import Path
 
+import pytest
+
 from conftest import TINY, run
+
+pytestmark = pytest.mark.slow  # end to end: real dvc, sweeps, servers
 
 GIT = ["git", "-c", "user.name=t", "-c", "user.email=t@t"]
 SMALL = [*TINY, "trainer.max_steps=10", "trainer.val_check_interval=5"]

@@ -13,7 +13,8 @@ import torch
 from conftest import TINY_TEXT
 from rnnlab import checkpoint, corpus, gradstats, training, vocab
 from rnnlab.errors import UserError
-from rnnlab.lit import GradStatsSpec, OptimSpec
+from rnnlab.callbacks import GradStatsSpec
+from rnnlab.lit import OptimSpec
 from rnnlab.model import RNNLM, ModelSpec
 from rnnlab.tracking import TrackingSpec
 
@@ -59,6 +60,36 @@ def test_training_writes_model_metrics_plots_and_mlflow_run(vocab_dir, tmp_path)
     assert (artifacts / "plots" / "gradient_through_time.png").exists()
     assert any((artifacts / "samples").glob("step_*.txt"))
     assert (artifacts / "model" / "model.pt").exists()
+
+
+def test_a_run_shorter_than_the_validation_interval_ends_with_a_validation(vocab_dir, tmp_path):
+    metrics = training.train(tiny_job(vocab_dir, tmp_path, max_steps=7, val_check_interval=10))
+    out = tmp_path / "train"
+    assert metrics["step"] == 7 and metrics["best_step"] == 7 and metrics["val_loss"] > 0
+    assert (out / "val.csv").read_text().splitlines()[1].startswith("7,")
+    assert (out / "model" / "model.pt").exists() and (out / "plots" / "loss.png").stat().st_size > 1000
+    assert (out / "plots" / "gradient_through_time.png").exists() and len((out / "gtt.csv").read_text().splitlines()) == 13
+
+
+def test_max_time_also_ends_with_a_validation(vocab_dir, tmp_path):
+    metrics = training.train(tiny_job(vocab_dir, tmp_path, max_steps=-1, max_time={"seconds": 1},
+                                      val_check_interval=10_000))
+    assert metrics["step"] > 0 and metrics["best_step"] == metrics["step"]
+
+
+def test_diagnostics_switch_off_by_config(vocab_dir, tmp_path):
+    job = tiny_job(vocab_dir, tmp_path, max_steps=10)
+    job.gradstats = GradStatsSpec(every_n_steps=0, gtt_length=0, samples=0)
+    metrics = training.train(job)
+    out = tmp_path / "train"
+    assert "clip_fraction" not in metrics and "gtt_ratio_far_near" not in metrics
+    assert (out / "grad_norm.csv").read_text() == "step,pre_clip,post_clip,clip_fraction\n"
+    assert not (out / "plots" / "gradient_through_time.png").exists() and (out / "plots" / "loss.png").exists()
+    db = sqlite3.connect(tmp_path / "mlflow.db")
+    keys = {k for (k,) in db.execute("select distinct key from metrics")}
+    assert "val/loss" in keys and not any(k.startswith(("grad", "gtt")) for k in keys)
+    artifacts = Path(db.execute("select artifact_uri from runs").fetchone()[0])
+    assert not (artifacts / "samples").exists()
 
 
 def test_clipping_statistics_before_and_after(vocab_dir, tmp_path):

@@ -79,9 +79,11 @@ def test_bad_spec(kw, message):
 
 def test_stage_outputs_and_json_round_trip(tmp_path):
     stats = V.build_and_encode(TEXT, V.VocabSpec(level="word"), False, tmp_path)
-    voc = V.Vocab.load(tmp_path / "vocab.json")
-    assert voc.hash == stats["hash"] and len(voc) == stats["size"]
-    assert voc.decode(V.load_ids(tmp_path / "test.npy")) == "<unk> cat ran\n"
+    folder = V.VocabDir(tmp_path)  # the one reader of the folder's layout
+    voc = folder.vocab()
+    assert voc.hash == stats["hash"] and len(voc) == stats["size"] and folder.stats() == stats
+    assert voc.decode(folder.ids("test")) == "<unk> cat ran\n"
+    assert folder.chars_per_token("test") == len(TEXT["test"]) / 4  # "<unk> cat ran <eos>"
     assert stats["oov_rate"]["test"] == pytest.approx(1 / 4)
     assert stats["splits"]["val"]["chars"] == len(TEXT["val"])
     assert stats["coverage"] == 1.0
@@ -95,6 +97,9 @@ def test_stage_outputs_and_json_round_trip(tmp_path):
 def test_missing_vocabulary_names_the_stage(tmp_path):
     with pytest.raises(UserError, match="dvc repro vocab"):
         V.Vocab.load(tmp_path / "vocab.json")
+    for read in (V.VocabDir(tmp_path).stats, lambda: V.VocabDir(tmp_path).ids("val")):
+        with pytest.raises(UserError, match="dvc repro vocab"):
+            read()
 
 
 def test_hash_is_stable_and_content_sensitive():

@@ -16,7 +16,7 @@ import torch
 from rnnlab.errors import UserError
 from rnnlab.files import atomic_write, write_json
 from rnnlab.model import RNNLM, ModelSpec
-from rnnlab.vocab import Vocab
+from rnnlab.vocab import Vocab, VocabDir
 
 MODEL_FILE, META_FILE = "model.pt", "meta.json"
 
@@ -60,6 +60,6 @@ def read_lightning_checkpoint(path: Path) -> tuple[dict, dict]:
 
 def load_trained(vocab_dir: str | Path, model_path: str | Path) -> tuple[Vocab, RNNLM, dict]:
     """The pipeline's vocabulary and a model trained on it (a model folder or a .ckpt)."""
-    vocab = Vocab.load(Path(vocab_dir) / "vocab.json")
+    vocab = VocabDir(vocab_dir).vocab()
     model, meta = load_model(model_path, vocab)
     return vocab, model, meta

@@ -21,6 +21,7 @@ from rnnlab.errors import UserError, entry_point
 from rnnlab.files import write_json
 
 PARAMS = Path("params.yaml")
+DVC_YAML = Path("dvc.yaml")
 CONF_DIR = Path("conf")
 CONFIG_NAME = "config"
 T = TypeVar("T")
@@ -50,6 +51,29 @@ def section(cfg: Any, cls: type[T], key: str, skip: tuple[str, ...] = ()) -> T:
     if missing:
         raise UserError(f"{key}.{missing[0]} must be set: add {key}.{missing[0]}=<value> to your overrides")
     return cls(**values)
+
+
+def stage_keys(stage: str, path: Path = DVC_YAML) -> list[str]:
+    """The params keys that dvc.yaml lists for `stage`: what the stage reads (DVC reruns it when one changes)."""
+    import yaml
+
+    if not Path(path).exists():
+        raise UserError(f"no {path} here; run from the repository root")
+    items = yaml.safe_load(Path(path).read_text(encoding="utf-8"))["stages"][stage].get("params", [])
+    return [key for item in items for key in ([item] if isinstance(item, str) else sum(item.values(), []))]
+
+
+def stage_params(cfg: Any, stage: str) -> dict:
+    """The values of `stage_keys(stage)` as plain containers, without `paths` (where files go does not
+    change a result): what a training logs to MLflow and what decides whether it may resume."""
+    from omegaconf import OmegaConf
+
+    values = {}
+    for key in stage_keys(stage):
+        if key.split(".")[0] != "paths":
+            value = OmegaConf.select(cfg, key)
+            values[key] = OmegaConf.to_container(value, resolve=True) if OmegaConf.is_config(value) else value
+    return values
 
 
 def with_overrides(cfg: Any, overrides: list[str]):

@@ -1,5 +1,8 @@
 """Stateful truncated-BPTT batches: B parallel token streams cut into T-step windows.
 
+`batchify` and `window` live in rnnlab.scoring, which scores validation and test splits with the
+very same windows; this module feeds them to Lightning.
+
 As in pytorch/examples `word_language_model` (`batchify` / `get_batch`). An encoded split is one long
 token stream; `batchify` cuts it into B contiguous pieces, one per row, dropping the remainder that
 does not fill a whole row:
@@ -38,14 +41,8 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from rnnlab.errors import UserError
-from rnnlab.vocab import load_ids
-
-
-def batchify(ids: np.ndarray, batch_size: int) -> torch.Tensor:
-    """1-D token ids -> (B, N) LongTensor whose row r is the r-th contiguous chunk of the stream."""
-    assert ids.ndim == 1, "an encoded split is a 1-D array"
-    n = len(ids) // batch_size
-    return torch.from_numpy(ids[: n * batch_size].astype(np.int64)).view(batch_size, n)  # (B, N)
+from rnnlab.scoring import batchify, num_windows, window
+from rnnlab.vocab import VocabDir
 
 
 class StreamWindows(Dataset):
@@ -62,26 +59,23 @@ class StreamWindows(Dataset):
         self.bptt = bptt
 
     def __len__(self) -> int:
-        targets = self.data.shape[1] - 1  # the last token of a row is never an input
-        return -(-targets // self.bptt)  # ceil: the last window may be shorter
+        return num_windows(self.data, self.bptt)
 
     def __getitem__(self, k: int) -> tuple[torch.Tensor, torch.Tensor]:
         if not 0 <= k < len(self):
             raise IndexError(k)
-        i = k * self.bptt
-        t = min(self.bptt, self.data.shape[1] - 1 - i)
-        return self.data[:, i: i + t], self.data[:, i + 1: i + 1 + t]  # (B, T), (B, T)
+        return window(self.data, k, self.bptt)  # (B, T), (B, T)
 
 
 class StreamDataModule(pl.LightningDataModule):
-    """Train, val and test windows from `vocab_dir/{train,val,test}.npy` (written by the vocab stage)."""
+    """Train and val windows from the vocab stage's encoded splits."""
 
     def __init__(self, vocab_dir: str | Path, batch_size: int, bptt: int, eval_batch_size: int) -> None:
         super().__init__()
         for key, value in (("batch_size", batch_size), ("bptt", bptt), ("eval_batch_size", eval_batch_size)):
             if value < 1:
                 raise UserError(f"data.{key}={value} must be at least 1")
-        self.vocab_dir = Path(vocab_dir)
+        self.vocab_dir = VocabDir(vocab_dir)
         self.batch_size, self.bptt, self.eval_batch_size = batch_size, bptt, eval_batch_size
 
     def setup(self, stage: str | None = None) -> None:
@@ -96,13 +90,7 @@ class StreamDataModule(pl.LightningDataModule):
     def val_dataloader(self) -> DataLoader:
         return self._loader("val", self.eval_batch_size)
 
-    def test_dataloader(self) -> DataLoader:
-        return self._loader("test", self.eval_batch_size)
-
     def _loader(self, split: str, batch_size: int) -> DataLoader:
-        path = self.vocab_dir / f"{split}.npy"
-        if not path.exists():
-            raise UserError(f"no encoded {split} split at {path}; run the vocab stage first: dvc repro vocab")
-        windows = StreamWindows(load_ids(path), batch_size, self.bptt, split)
+        windows = StreamWindows(self.vocab_dir.ids(split), batch_size, self.bptt, split)
         # Items are whole batches, in stream order: no collation, no shuffling.
         return DataLoader(windows, batch_size=None, shuffle=False)

@@ -9,22 +9,23 @@ from __future__ import annotations
 
 import functools
 import sys
-from typing import Callable
+from typing import Callable, TypeVar
 
 EXIT_USER_ERROR = 2
+T = TypeVar("T")
 
 
 class UserError(Exception):
     """A problem the user can fix; the message names the problem and the fix."""
 
 
-def entry_point(main: Callable[[], object]) -> Callable[[], None]:
+def entry_point(main: Callable[..., T]) -> Callable[..., T]:
     """Run `main`, turning a `UserError` into one line on stderr and exit status 2."""
 
     @functools.wraps(main)
-    def wrapper() -> None:
+    def wrapper(*args, **kwargs) -> T:
         try:
-            main()
+            return main(*args, **kwargs)
         except UserError as err:
             print(f"error: {err}", file=sys.stderr)
             sys.exit(EXIT_USER_ERROR)

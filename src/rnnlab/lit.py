@@ -1,18 +1,15 @@
-"""The LightningModule: loss, metrics, optimiser and gradient diagnostics around a plain `RNNLM`.
+"""The LightningModule: loss, metrics and optimiser around a plain `RNNLM`.
 
 Truncated BPTT under Lightning's *automatic* optimisation: each batch is the next window of B parallel
 streams (see data.py); the final hidden state of a batch is carried, detached, into the next, so the
 Trainer's `gradient_clip_val` / `gradient_clip_algorithm` do the clipping. The state restarts at each
-training epoch and each validation.
-
-Order of one step in Lightning 2: backward -> `on_before_optimizer_step` (gradients not yet clipped:
-we measure the pre-clip norms and whether clipping will fire) -> `configure_gradient_clipping` (we let
-Lightning clip, then measure the post-clip norm) -> `optimizer.step()`.
+training epoch and each validation. Validation scores its windows with `rnnlab.scoring`, the same
+function the evaluate stage uses. Diagnostics (gradient norms, the gradient-through-time probe,
+samples) are Lightning callbacks in callbacks.py.
 """
 
 from __future__ import annotations
 
-import math
 import time
 from dataclasses import dataclass
 
@@ -20,7 +17,7 @@ import lightning.pytorch as pl
 import torch
 import torch.nn.functional as F
 
-from rnnlab import gradstats
+from rnnlab import scoring
 from rnnlab.errors import UserError
 from rnnlab.model import RNNLM, ModelSpec, detach_hidden
 
@@ -47,15 +44,6 @@ class OptimSpec:
             raise UserError(f"optim.lr={self.lr} must be positive")
 
 
-@dataclass(frozen=True)
-class GradStatsSpec:
-    every_n_steps: int = 20
-    gtt_length: int = 100
-    gtt_batch: int = 16
-    samples: int = 3
-    sample_length: int = 200
-
-
 class NonFiniteError(UserError):
     """The loss or the gradient became inf/NaN: training stops, the last good checkpoint stays."""
 
@@ -67,21 +55,15 @@ class NonFiniteError(UserError):
 
 
 class LitLM(pl.LightningModule):
-    def __init__(self, vocab_size: int, vocab_hash: str, model: dict, optim: dict, gradstats: dict,
+    def __init__(self, vocab_size: int, vocab_hash: str, model: dict, optim: dict,
                  val_chars_per_token: float = 1.0) -> None:
         super().__init__()
         self.save_hyperparameters()  # plain containers only: checkpoints load with weights_only=True
         self.model = RNNLM(vocab_size, ModelSpec(**model))
-        self.optim_spec, self.stats_spec = OptimSpec(**optim), GradStatsSpec(**gradstats)
+        self.optim_spec = OptimSpec(**optim)
         self.hidden = None  # carried training state (truncated BPTT)
-        self.probe: tuple[torch.Tensor, torch.Tensor] | None = None  # fixed val window for the probe
-        self.on_validation_end_hooks: list = []  # e.g. sampling to MLflow, set by training.py
-        self.history: dict[str, list] = {"train": [], "val": [], "grad": [], "gtt": []}
-        self._window = {"steps": 0, "fired": torch.zeros(()), "pre": None}
+        self.history: dict[str, list] = {"train": [], "val": []}  # loss.csv and val.csv rows
         self._tokens, self._clock = 0, time.perf_counter()
-
-    def forward(self, tokens, hidden=None):
-        return self.model(tokens, hidden)
 
     # --- training ---------------------------------------------------------------------------------------
 
@@ -107,70 +89,30 @@ class LitLM(pl.LightningModule):
             self.history["train"].append([step, float(outputs["loss"])])
 
     def on_before_optimizer_step(self, optimizer) -> None:
-        """Gradients are not clipped yet here: measure the pre-clip norms."""
-        norms = gradstats.group_norms(self.model)
-        total = gradstats.total_norm(norms)
-        if not torch.isfinite(total):
+        """Stop on an inf/NaN gradient before the optimiser spreads it into the weights."""
+        grads = [p.grad for p in self.model.parameters() if p.grad is not None]
+        if grads and not torch.isfinite(torch.linalg.vector_norm(torch.stack([g.norm() for g in grads]))):
             raise NonFiniteError(self.global_step, "gradient", self.trainer.gradient_clip_val)
-        fired = gradstats.clip_fires(total, gradstats.max_abs(self.model), self.trainer.gradient_clip_val,
-                                     self.trainer.gradient_clip_algorithm or "norm")
-        self._window["steps"] += 1
-        self._window["fired"] = self._window["fired"] + fired
-        if (self.global_step + 1) % self.stats_spec.every_n_steps == 0:
-            self._window["pre"] = (total, norms)
 
-    def configure_gradient_clipping(self, optimizer, gradient_clip_val=None, gradient_clip_algorithm=None) -> None:
-        self.clip_gradients(optimizer, gradient_clip_val=gradient_clip_val,
-                            gradient_clip_algorithm=gradient_clip_algorithm)
-        if self._window["pre"] is not None:
-            self._log_grad_window(gradstats.total_norm(gradstats.group_norms(self.model)))
-
-    def _log_grad_window(self, post: torch.Tensor) -> None:
-        pre, norms = self._window["pre"]
-        frac = float(self._window["fired"]) / self._window["steps"]
-        metrics = {"grad/norm_pre_clip": float(pre), "grad/norm_post_clip": float(post), "grad/clip_fraction": frac}
-        metrics |= {f"grad_group/{name}": float(n) for name, n in norms.items()}
-        self.log_dict(metrics)
-        self.history["grad"].append([self.global_step + 1, metrics["grad/norm_pre_clip"],
-                                     metrics["grad/norm_post_clip"], frac])
-        self._window = {"steps": 0, "fired": torch.zeros(()), "pre": None}
-
-    # --- validation -------------------------------------------------------------------------------------
+    # --- validation: the windows of rnnlab.scoring, summed in float64 -------------------------------------
 
     def on_validation_epoch_start(self) -> None:
-        self.val_hidden, self.val_nll, self.val_tokens = None, torch.zeros(()), 0
+        self.val_hidden, self.val_nll, self.val_tokens = None, torch.zeros((), dtype=torch.float64), 0
 
     def validation_step(self, batch, batch_idx):
         x, y = batch
-        logits, hidden = self.model(x, self.val_hidden)
-        self.val_hidden = hidden
-        nll = F.cross_entropy(logits.reshape(-1, logits.size(-1)), y.reshape(-1), reduction="sum")
+        nll, self.val_hidden = scoring.window_nll(self.model, x, y, self.val_hidden)
         if not torch.isfinite(nll):
             raise NonFiniteError(self.global_step, "validation loss", self.trainer.gradient_clip_val)
-        self.val_nll = self.val_nll + nll
+        self.val_nll = self.val_nll + nll.cpu()
         self.val_tokens += y.numel()
 
     def on_validation_epoch_end(self) -> None:
         if self.trainer.sanity_checking or self.val_tokens == 0:
             return
-        loss = float(self.val_nll) / self.val_tokens
-        bpc = loss / math.log(2) / self.hparams.val_chars_per_token
-        self.log_dict({"val/loss": loss, "val/ppl": math.exp(min(loss, 700.0)), "val/bpc": bpc}, prog_bar=True)
-        self.history["val"].append([self.global_step, loss, math.exp(min(loss, 700.0)), bpc])
-        if self.probe is not None:
-            self._log_probe()
-        for hook in self.on_validation_end_hooks:
-            hook(self)
-
-    def _log_probe(self) -> None:
-        x, y = (t.to(self.device) for t in self.probe)
-        with torch.inference_mode(False), torch.enable_grad():
-            norms = gradstats.gradient_through_time(self.model, x.clone(), y.clone()).flip(0)  # by distance T-t
-        values = [float(v) for v in norms]
-        self.log_dict({f"gtt/d{d:03d}": values[d] for d in gradstats.probe_distances(len(values))})
-        if values[0] > 0:
-            self.log("gtt/ratio_far_near", values[-1] / values[0])
-        self.history["gtt"].append([self.global_step, values])
+        score = scoring.summary(float(self.val_nll), self.val_tokens, self.hparams.val_chars_per_token)
+        self.log_dict({"val/loss": score["loss"], "val/ppl": score["ppl"], "val/bpc": score["bpc"]}, prog_bar=True)
+        self.history["val"].append([self.global_step, score["loss"], score["ppl"], score["bpc"]])
 
     # --- optimiser and checkpoint state -----------------------------------------------------------------
 

@@ -20,8 +20,8 @@ step feeds one token per row (T = 1) with the carried hidden state, so the work 
 the prefix is never re-run. Randomness comes from a local `torch.Generator` seeded with `seed`: the
 same seed gives the same text and the global RNG is left alone.
 
-`novelty` tells which samples are not copies of the training split; `rnnlab.metrics.sample_stats`
-summarises a batch of samples.
+`novelty` tells which samples are not copies of the training split; `sample_stats` summarises a batch
+of samples.
 """
 
 from __future__ import annotations
@@ -30,6 +30,7 @@ import math
 from dataclasses import dataclass
 from itertools import islice
 from pathlib import Path
+from statistics import fmean
 
 import torch
 
@@ -229,8 +230,6 @@ def occurring(wanted: set[tuple], tokens: list[str]) -> set[tuple]:
 def save_samples(out_dir: Path, samples: list[Sample], vocab: Vocab, train_text: str, line_corpus: bool) -> dict:
     """Write samples.txt (the texts) and samples.json (per sample: text, length, stop reason,
     `<unk>` rejections, novelty; plus their statistics). Returns the statistics."""
-    from rnnlab.metrics import sample_stats
-
     text = train_text.lower() if vocab.lowercase else train_text
     novel = novelty(samples, text, vocab.level, line_corpus)
     stats = sample_stats(samples, novel)
@@ -240,3 +239,26 @@ def save_samples(out_dir: Path, samples: list[Sample], vocab: Vocab, train_text:
     write_text(Path(out_dir) / "samples.txt", sep.join(s.text.rstrip("\n") for s in samples) + "\n")
     write_json(Path(out_dir) / "samples.json", {"stats": stats, "samples": rows})
     return stats
+
+
+# --- statistics of a batch of samples ----------------------------------------------------------------------
+
+
+def sample_stats(samples: list, novel: list[bool]) -> dict:
+    """Summary of `rnnlab.sampling.Sample`s: lengths, stops, diversity, novelty, `<unk>` rejections."""
+    assert samples and len(novel) == len(samples), "one novelty flag per sample"
+    draws = sum(s.length + (s.stopped == "eos") for s in samples)  # tokens drawn, stopping <eos> included
+    return {
+        "mean_length": fmean(s.length for s in samples),
+        "eos_stop_rate": fmean(s.stopped == "eos" for s in samples),
+        "distinct_1": distinct(samples, 1),
+        "distinct_2": distinct(samples, 2),
+        "novelty_rate": fmean(novel),
+        "unk_rejection_rate": sum(s.unk_rejections for s in samples) / draws if draws else 0.0,
+    }
+
+
+def distinct(samples: list, n: int) -> float:
+    """Distinct n-grams / all n-grams of the generated ids, n-grams taken within each sample (Li et al., 2016)."""
+    grams = [tuple(s.ids[i : i + n]) for s in samples for i in range(len(s.ids) - n + 1)]
+    return len(set(grams)) / len(grams) if grams else 0.0

@@ -9,12 +9,15 @@
   * `job_params`: per-job paths under the sweep folder, the child run's name (its overrides), and the
     torch thread count (the cores split between parallel jobs);
   * `once`: jobs with the same corpus (and vocabulary) settings share the prepared data, keyed by a
-    hash of those settings and built once under a file lock.
+    hash of those settings and built once under a file lock;
+  * `run_job`: the chain of stage functions (rnnlab.stages), as `dvc repro` runs them.
 """
 
 from __future__ import annotations
 
+import math
 import os
+import sys
 from pathlib import Path
 from typing import Any, Callable
 
@@ -101,3 +104,22 @@ def once(folder: str | Path, build: Callable[[], None]) -> None:
         if not done.exists():
             build()
             done.touch()
+
+
+def run_job(params: DictConfig) -> float:
+    """prepare → vocab → train → sample → evaluate for one job; returns the best validation loss (what an
+    optimising sweeper such as Optuna would minimise), NaN when training diverged: a diverged run (e.g.
+    without clipping) is a result of the sweep, recorded as a failed MLflow run, not a mistake."""
+    from rnnlab.lit import NonFiniteError
+    from rnnlab.stages import evaluate, prepare, sample, train, vocab
+
+    once(params.paths.prepared, lambda: prepare.run(params))
+    once(params.paths.vocab, lambda: vocab.run(params))
+    try:
+        metrics = train.run(params)
+    except NonFiniteError as err:
+        print(f"job diverged: {err}", file=sys.stderr)
+        return math.nan
+    sample.run(params)
+    evaluate.run(params)
+    return metrics.get("val_loss", math.nan)

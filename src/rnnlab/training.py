@@ -11,30 +11,29 @@ Outputs in `out_dir` (data/train by default):
 from __future__ import annotations
 
 import csv
-import ctypes
 import inspect
 import json
-import logging
 import math
 import shutil
 import sys
-import warnings
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import lightning.pytorch as pl
 import torch
-from lightning.pytorch.callbacks import Callback, ModelCheckpoint, RichProgressBar
+from lightning.pytorch.callbacks import ModelCheckpoint, RichProgressBar
 
-from rnnlab import checkpoint, gradstats
-from rnnlab.data import StreamDataModule, batchify
+from rnnlab import checkpoint, gradstats, runtime
+from rnnlab.callbacks import (FinalValidation, GradientStats, GradientThroughTime, GradStatsSpec, LinePrinter,
+                              ValidationSamples)
+from rnnlab.data import StreamDataModule
 from rnnlab.errors import UserError
 from rnnlab.files import atomic_write, write_json
-from rnnlab.lit import GradStatsSpec, LitLM, OptimSpec
+from rnnlab.lit import LitLM, OptimSpec
 from rnnlab.model import ModelSpec
-from rnnlab.sampling import SampleSpec, sample
+from rnnlab.scoring import batchify
 from rnnlab.tracking import TrackingSpec, make_logger, params_hash
-from rnnlab.vocab import Vocab, load_ids
+from rnnlab.vocab import VocabDir
 
 
 @dataclass(frozen=True)
@@ -57,7 +56,7 @@ class TrainJob:
     seed: int = 1337
     threads: int | None = None  # torch threads; parallel jobs should split the cores between them
     params: dict = field(default_factory=dict)  # everything logged to MLflow as params
-    callbacks: list = field(default_factory=list)  # extra Lightning callbacks (tests, experiments)
+    callbacks: list = field(default_factory=list)  # extra Lightning callbacks (config `callbacks:`, tests)
 
 
 def trainer_kwargs(values: dict) -> dict:
@@ -78,25 +77,6 @@ def trainer_kwargs(values: dict) -> dict:
     return values
 
 
-class LinePrinter(Callback):
-    """Quiet, line-based progress for CI and DVC logs (a Rich bar is used in a terminal)."""
-
-    def __init__(self, every: int) -> None:
-        self.every = max(every, 1)
-
-    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
-        step = trainer.global_step
-        if step % self.every == 0:
-            m = trainer.callback_metrics
-            parts = [f"step {step}/{trainer.max_steps if trainer.max_steps > 0 else '?'}",
-                     f"loss {float(outputs['loss']):.3f}"]
-            if "val/loss" in m:
-                parts.append(f"val {float(m['val/loss']):.3f}")
-            if "train/tokens_per_s" in m:
-                parts.append(f"{float(m['train/tokens_per_s']):,.0f} tok/s")
-            print(" | ".join(parts), flush=True)
-
-
 def resume_state(ckpt_dir: Path, phash: str) -> dict | None:
     """The checkpoint to resume from: only an unfinished run of the very same params."""
     state_file = ckpt_dir / "run.json"
@@ -108,23 +88,6 @@ def resume_state(ckpt_dir: Path, phash: str) -> dict | None:
     return None
 
 
-def sampling_hook(vocab: Vocab, spec: GradStatsSpec, logger):
-    """Log a few samples (the sampler of sampling.py) to MLflow at each validation."""
-
-    def hook(lit: LitLM) -> None:
-        if spec.samples < 1 or logger is None:
-            return
-        step = lit.global_step
-        samples = sample(lit.model, vocab, SampleSpec(num_samples=spec.samples, max_length=spec.sample_length,
-                                                      seed=step))
-        text = "\n\n----\n\n".join(s.text for s in samples)
-        logger.experiment.log_text(logger.run_id, text, f"samples/step_{step:06d}.txt")
-        logger.experiment.log_table(logger.run_id, {"step": [step] * len(samples), "text": [s.text for s in samples],
-                                                    "stopped": [s.stopped for s in samples]}, "samples/samples.json")
-
-    return hook
-
-
 def write_csv(path: Path, header: list[str], rows: list[list]) -> None:
     def write(fh) -> None:
         out = csv.writer(fh)
@@ -134,63 +97,64 @@ def write_csv(path: Path, header: list[str], rows: list[list]) -> None:
     atomic_write(path, write)
 
 
-def write_outputs(lit: LitLM, out: Path, title: str) -> list[Path]:
-    hist = lit.history
+def write_outputs(lit: LitLM, diagnostics: dict, out: Path, title: str) -> None:
+    """The CSV tables (DVC plots) and PNG plots (for offline viewing) of the training's history."""
+    hist, grad, gtt = lit.history, diagnostics.get("grad"), diagnostics.get("gtt")
+    curves = gtt.curves if gtt else []
     write_csv(out / "loss.csv", ["step", "train_loss"], hist["train"])
     write_csv(out / "val.csv", ["step", "val_loss", "val_ppl", "val_bpc"], hist["val"])
-    write_csv(out / "grad_norm.csv", ["step", "pre_clip", "post_clip", "clip_fraction"], hist["grad"])
-    last_gtt = hist["gtt"][-1][1] if hist["gtt"] else []
-    write_csv(out / "gtt.csv", ["distance", "grad_norm"], [[d, v] for d, v in enumerate(last_gtt)])
-    plots = []
-    if hist["gtt"]:
-        curves = [(f"step {step}", values) for step, values in hist["gtt"]]
-        plots.append(out / "plots" / "gradient_through_time.png")
-        gradstats.save_plot(curves, plots[-1], f"Gradient through time — {title}")
-    return plots
+    write_csv(out / "grad_norm.csv", ["step", "pre_clip", "post_clip", "clip_fraction"], grad.rows if grad else [])
+    write_csv(out / "gtt.csv", ["distance", "grad_norm"], [[d, v] for d, v in enumerate(curves[-1][1])] if curves else [])
+    save_loss_plot(hist["train"], hist["val"], out / "plots" / "loss.png", f"Loss — {title}")
+    if curves:
+        gradstats.save_plot([(f"step {step}", values) for step, values in curves],
+                            out / "plots" / "gradient_through_time.png", f"Gradient through time — {title}")
 
 
-def quiet_lightning() -> None:
-    """Drop Lightning's start-up chatter and two warnings that do not apply here."""
-    logging.getLogger("lightning.pytorch.utilities.rank_zero").setLevel(logging.WARNING)
-    warnings.filterwarnings("ignore", message=r"Checkpoint directory .* exists and is not empty")  # run.json
-    warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\)")  # Lightning vs torch 2.13
+def save_loss_plot(train: list[list], val: list[list], path: Path, title: str) -> None:
+    """Training loss (every log step) and validation loss against the step, in nats per token."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4.2), dpi=110)
+    ax.plot([r[0] for r in train], [r[1] for r in train], label="train", linewidth=1)
+    ax.plot([r[0] for r in val], [r[1] for r in val], marker="o", label="validation")
+    ax.set_xlabel("step")
+    ax.set_ylabel("cross-entropy (nats per token)")
+    ax.set_title(title)
+    ax.grid(True, alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write(path, fig.savefig, mode="wb")
+    plt.close(fig)
 
 
-def keep_freed_memory() -> None:
-    """Let glibc reuse freed blocks for large tensors instead of unmapping them after every training step.
-
-    Each step allocates the same multi-MB activation buffers again; by default glibc returns them to the
-    OS on free and page-faults them back in on the next step (measured on 2 cores: +9 % tokens/s with the
-    BPTT layers of rnnlab.recurrence, +1 % with nn.GRU; README, Performance).
-    No-op where the C library is not glibc.
-    """
-    try:
-        libc = ctypes.CDLL("libc.so.6")
-    except OSError:
-        return
-    m_trim_threshold, m_mmap_threshold = -1, -3  # from <malloc.h>
-    if not libc.mallopt(m_mmap_threshold, 2**30):  # older glibc caps the threshold at 32 MB
-        libc.mallopt(m_mmap_threshold, 32 * 2**20)
-    libc.mallopt(m_trim_threshold, 2**31 - 1)
+def diagnostics(vocab, vocab_dir: VocabDir, spec: GradStatsSpec) -> dict:
+    """The diagnostic callbacks the `gradstats` config switches on (0 turns one off)."""
+    found = {}
+    if spec.every_n_steps > 0:
+        found["grad"] = GradientStats(spec.every_n_steps)
+    window = probe_window(vocab_dir.ids("val"), spec)
+    if window is not None:
+        found["gtt"] = GradientThroughTime(window)
+    if spec.samples > 0:
+        found["samples"] = ValidationSamples(vocab, spec.samples, spec.sample_length)
+    return found
 
 
 def train(job: TrainJob) -> dict:
     """Train, save the best model and metrics; returns the metrics written to metrics.json."""
-    quiet_lightning()
-    keep_freed_memory()
-    torch.set_flush_denormal(True)  # a saturated (diverging) RNN otherwise crawls through denormal floats on CPU
-    if job.threads:
-        torch.set_num_threads(job.threads)
+    runtime.configure(job.threads)
     pl.seed_everything(job.seed, workers=True, verbose=False)
-    vocab = Vocab.load(job.vocab_dir / "vocab.json")
-    stats = json.loads((job.vocab_dir / "stats.json").read_text())
-    val = stats["splits"]["val"]
-    spec = job.gradstats
+    vocab_dir = VocabDir(job.vocab_dir)
+    vocab = vocab_dir.vocab()
     dm = StreamDataModule(job.vocab_dir, job.data.batch_size, job.data.bptt, job.data.eval_batch_size)
     kwargs = trainer_kwargs(job.trainer)
-    lit = LitLM(len(vocab), vocab.hash, asdict(job.model), asdict(job.optim), asdict(job.gradstats),
-                val_chars_per_token=val["chars"] / max(val["tokens"], 1))
-    lit.probe = probe_window(load_ids(job.vocab_dir / "val.npy"), spec)
+    lit = LitLM(len(vocab), vocab.hash, asdict(job.model), asdict(job.optim),
+                val_chars_per_token=vocab_dir.chars_per_token("val"))
 
     out, ckpt_dir = Path(job.out_dir), Path(job.out_dir) / "checkpoints"
     phash = params_hash(job.params)
@@ -201,13 +165,13 @@ def train(job: TrainJob) -> dict:
     else:
         logger.log_hyperparams(job.params)
     write_json(ckpt_dir / "run.json", {"params_hash": phash, "run_id": logger.run_id, "complete": False})
-    lit.on_validation_end_hooks.append(sampling_hook(vocab, spec, logger))
 
     best = ModelCheckpoint(dirpath=ckpt_dir, filename="best", monitor="val/loss", mode="min", save_top_k=1,
                            save_last=True, auto_insert_metric_name=False, enable_version_counter=False)
+    found = diagnostics(vocab, vocab_dir, job.gradstats)
     tty = sys.stdout.isatty()
-    callbacks = [best, RichProgressBar() if tty else LinePrinter(max(kwargs.get("max_steps", 0) // 20, 25))]
-    callbacks += job.callbacks
+    progress = RichProgressBar() if tty else LinePrinter(max(kwargs.get("max_steps", 0) // 20, 25))
+    callbacks = [best, FinalValidation(), progress, *found.values(), *job.callbacks]
     trainer = pl.Trainer(**kwargs, logger=logger, callbacks=callbacks, enable_progress_bar=tty,
                          default_root_dir=out, inference_mode=False, num_sanity_val_steps=0,
                          enable_model_summary=False)
@@ -218,12 +182,12 @@ def train(job: TrainJob) -> dict:
 
     if best.best_model_path:
         lit.model.load_state_dict(checkpoint.read_lightning_checkpoint(Path(best.best_model_path))[0])
-    metrics = final_metrics(lit, trainer)
+    metrics = final_metrics(lit, found, trainer)
     checkpoint.save_model(out / "model", lit.model, vocab, {"params_hash": phash, "mlflow_run_id": logger.run_id,
                                                             "step": trainer.global_step, "metrics": metrics})
-    plots = write_outputs(lit, out, f"{lit.model.spec.cell}, clip {kwargs.get('gradient_clip_val')}")
+    write_outputs(lit, found, out, f"{lit.model.spec.cell}, clip {kwargs.get('gradient_clip_val')}")
     write_json(out / "metrics.json", metrics)
-    log_artifacts(logger, job, out, plots)
+    log_artifacts(logger, job, vocab_dir, out)
     write_json(ckpt_dir / "run.json", {"params_hash": phash, "run_id": logger.run_id, "complete": True})
     return metrics
 
@@ -236,27 +200,27 @@ def probe_window(val_ids, spec: GradStatsSpec) -> tuple[torch.Tensor, torch.Tens
     return data[:, :-1], data[:, 1:]
 
 
-def final_metrics(lit: LitLM, trainer: pl.Trainer) -> dict:
+def final_metrics(lit: LitLM, found: dict, trainer: pl.Trainer) -> dict:
     hist = lit.history
+    grad_rows = found["grad"].rows if "grad" in found else []
+    curves = found["gtt"].curves if "gtt" in found else []
     best_val = min(hist["val"], key=lambda row: row[1]) if hist["val"] else None
     metrics = {"step": trainer.global_step, "train_loss": hist["train"][-1][1] if hist["train"] else None}
     if best_val:
         metrics |= {"val_loss": best_val[1], "val_ppl": best_val[2], "val_bpc": best_val[3], "best_step": best_val[0]}
-    if hist["grad"]:
-        metrics["clip_fraction"] = sum(row[3] for row in hist["grad"]) / len(hist["grad"])
-    if hist["gtt"] and hist["gtt"][-1][1][0] > 0:
-        values = hist["gtt"][-1][1]
+    if grad_rows:
+        metrics["clip_fraction"] = sum(row[3] for row in grad_rows) / len(grad_rows)
+    if curves and curves[-1][1][0] > 0:
+        values = curves[-1][1]
         metrics["gtt_ratio_far_near"] = values[-1] / values[0]
     return {k: (float(f"{v:.6g}") if isinstance(v, float) and math.isfinite(v) else v) for k, v in metrics.items()}
 
 
-def log_artifacts(logger, job: TrainJob, out: Path, plots: list[Path]) -> None:
+def log_artifacts(logger, job: TrainJob, vocab_dir: VocabDir, out: Path) -> None:
     client, run_id = logger.experiment, logger.run_id
     client.log_dict(run_id, job.params, "config/params.json")
-    client.log_artifact(run_id, str(job.vocab_dir / "vocab.json"), "vocab")
+    client.log_artifact(run_id, str(vocab_dir.vocab_file), "vocab")
     client.log_artifacts(run_id, str(out / "model"), "model")
     for name in ("loss.csv", "val.csv", "grad_norm.csv", "gtt.csv", "metrics.json"):
-        if (out / name).exists():
-            client.log_artifact(run_id, str(out / name), "tables")
-    for plot in plots:
-        client.log_artifact(run_id, str(plot), "plots")
+        client.log_artifact(run_id, str(out / name), "tables")
+    client.log_artifacts(run_id, str(out / "plots"), "plots")

@@ -167,12 +167,53 @@ def build(train_text: str, spec: VocabSpec, line_corpus: bool) -> Vocab:
                  probe.newline_is_eos, [0, 0] + [n for _, n in kept])
 
 
-def save_ids(path: str | Path, ids: np.ndarray) -> None:
-    atomic_write(path, lambda fh: np.save(fh, ids, allow_pickle=False), mode="wb")
+@dataclass(frozen=True)
+class VocabDir:
+    """The vocab stage's folder, the one place that knows its layout:
 
+        vocab.json                 the vocabulary (`Vocab.save`)
+        {train,val,test}.npy       each split encoded as a 1-D id array
+        stats.json                 size, coverage and per-split tokens / chars / OOV rate
+    """
 
-def load_ids(path: str | Path) -> np.ndarray:
-    return np.load(path, allow_pickle=False)
+    path: Path
+
+    def __init__(self, path: str | Path) -> None:
+        object.__setattr__(self, "path", Path(path))
+
+    @property
+    def vocab_file(self) -> Path:
+        return self.path / "vocab.json"
+
+    def split_file(self, split: str) -> Path:
+        return self.path / f"{split}.npy"
+
+    def vocab(self) -> Vocab:
+        return Vocab.load(self.vocab_file)
+
+    def ids(self, split: str) -> np.ndarray:
+        try:
+            return np.load(self.split_file(split), allow_pickle=False)
+        except FileNotFoundError:
+            raise UserError(f"no encoded {split} split at {self.split_file(split)}; "
+                            "run the vocab stage first: dvc repro vocab") from None
+
+    def stats(self) -> dict:
+        try:
+            return json.loads((self.path / "stats.json").read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            raise UserError(f"no vocabulary statistics in {self.path}; run the vocab stage first: dvc repro vocab") from None
+
+    def chars_per_token(self, split: str) -> float:
+        """Characters of the split's text (separators included) per token: bpc = bits per token / this."""
+        s = self.stats()["splits"][split]
+        return s["chars"] / max(s["tokens"], 1)
+
+    def write(self, vocab: Vocab, encoded: dict[str, np.ndarray], stats: dict) -> None:
+        for name, ids in encoded.items():
+            atomic_write(self.split_file(name), lambda fh, ids=ids: np.save(fh, ids, allow_pickle=False), mode="wb")
+        vocab.save(self.vocab_file)
+        write_json(self.path / "stats.json", stats)
 
 
 def split_stats(ids: np.ndarray, text: str) -> dict:
@@ -182,7 +223,7 @@ def split_stats(ids: np.ndarray, text: str) -> dict:
 
 
 def build_and_encode(texts: dict[str, str], spec: VocabSpec, line_corpus: bool, out_dir: str | Path) -> dict:
-    """The vocab stage: build from train, encode every split, write vocab.json, *.npy and stats.json."""
+    """The vocab stage: build from train, encode every split, write them to `out_dir` (see `VocabDir`)."""
     vocab = build(texts["train"], spec, line_corpus)
     encoded = {name: vocab.encode(text) for name, text in texts.items()}
     splits = {name: split_stats(ids, texts[name]) for name, ids in encoded.items()}
@@ -196,9 +237,5 @@ def build_and_encode(texts: dict[str, str], spec: VocabSpec, line_corpus: bool, 
         "splits": splits,
         "top_tokens": [[tok, n] for tok, n in top],
     }
-    out = Path(out_dir)
-    for name, ids in encoded.items():
-        save_ids(out / f"{name}.npy", ids)
-    vocab.save(out / "vocab.json")
-    write_json(out / "stats.json", stats)
+    VocabDir(out_dir).write(vocab, encoded, stats)
     return stats

@@ -1,4 +1,4 @@
-"""Evaluation maths: perplexity and bits per token/char of a stream, and statistics of samples."""
+"""Scoring: perplexity and bits per token/char of a stream, and statistics of samples."""
 
 from __future__ import annotations
 
@@ -10,14 +10,18 @@ import torch.nn.functional as F
 from torch import nn
 
 from rnnlab.errors import UserError
-from rnnlab.metrics import batchify, bits_per_char, evaluate_stream, perplexity, sample_stats
-from rnnlab.sampling import Sample
+from rnnlab.sampling import Sample, sample_stats
+from rnnlab.scoring import batchify, perplexity, score_stream, summary
 
 V = 13
 
 
 class UniformLM(nn.Module):
     """Equal logits for every token: the model that knows nothing."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.unused = nn.Parameter(torch.zeros(()))  # a device to run on
 
     def forward(self, tokens, hidden=None):
         b, t = tokens.shape
@@ -48,20 +52,20 @@ def stream(n: int = 103) -> torch.Tensor:
 
 def test_uniform_model_has_perplexity_v_and_log2_v_bits():
     ids = stream()
-    out = evaluate_stream(UniformLM(), ids, batch_size=4, bptt=5, chars=None)
+    out = score_stream(UniformLM(), ids, batch_size=4, bptt=5)
     assert out["tokens"] == 4 * (103 // 4 - 1)
     assert out["loss"] == pytest.approx(math.log(V))
     assert out["ppl"] == pytest.approx(V)
     assert out["bits_per_token"] == pytest.approx(math.log2(V))
-    assert out["bpc"] == pytest.approx(math.log2(V))  # chars=None: one token per character
+    assert out["bpc"] == pytest.approx(math.log2(V))  # one character per token
     assert out["nll"] == pytest.approx(out["tokens"] * math.log(V))
 
 
-def test_bpc_divides_by_the_characters_covered():
+def test_bpc_divides_by_the_characters_per_token():
     ids = stream(100)
-    out = evaluate_stream(UniformLM(), ids, batch_size=4, bptt=5, chars=250)  # 2.5 characters a token
+    out = score_stream(UniformLM(), ids, batch_size=4, bptt=5, chars_per_token=2.5)
     assert out["bpc"] == pytest.approx(math.log2(V) / 2.5)
-    assert evaluate_stream(UniformLM(), ids, 4, 5, chars=100)["bpc"] == pytest.approx(math.log2(V))
+    assert score_stream(UniformLM(), ids, 4, 5, chars_per_token=1.0)["bpc"] == pytest.approx(math.log2(V))
 
 
 @pytest.mark.parametrize("cell", [nn.GRU, nn.LSTM])
@@ -72,29 +76,28 @@ def test_hidden_state_is_carried_across_windows(cell):
         logits, _ = model(rows[:, :-1])  # each row in one go
         expected = F.cross_entropy(logits.flatten(0, 1), rows[:, 1:].flatten(), reduction="sum").item()
     for bptt in (1, 4, 33, 100):
-        assert evaluate_stream(model, ids, 3, bptt, None)["nll"] == pytest.approx(expected, rel=1e-5)
+        assert score_stream(model, ids, 3, bptt)["nll"] == pytest.approx(expected, rel=1e-5)
 
 
 def test_eval_mode_while_evaluating_and_mode_restored():
     model = TinyLM()
     model.train()
-    evaluate_stream(model, stream(), 2, 8, None)
+    score_stream(model, stream(), 2, 8)
     assert model.training and not any(model.modes)
 
 
-def test_batchify_rows_are_contiguous_chunks():
-    assert batchify(torch.arange(11), 3).tolist() == [[0, 1, 2], [3, 4, 5], [6, 7, 8]]
-
-
 def test_too_short_a_stream_is_a_user_error():
-    with pytest.raises(UserError, match="data.eval_batch_size"):
-        evaluate_stream(UniformLM(), stream(7), batch_size=4, bptt=5, chars=None)
+    with pytest.raises(UserError, match="evaluate.batch_size"):
+        score_stream(UniformLM(), stream(7), batch_size=4, bptt=5)
 
 
-def test_helpers():
-    assert perplexity(10 * math.log(5), 10) == pytest.approx(5)
-    assert perplexity(1e6, 1) == math.inf
-    assert bits_per_char(8 * math.log(2), 4) == pytest.approx(2)
+def test_conversions_and_the_meaning_of_an_overflowing_perplexity():
+    assert perplexity(math.log(5)) == pytest.approx(5)
+    assert perplexity(709.0) == pytest.approx(math.exp(709.0))  # still a double
+    assert perplexity(710.0) == math.inf  # exp overflows a double: inf, by definition
+    out = summary(nll=8 * math.log(2), tokens=4, chars_per_token=2.0)  # 2 bits a token, 2 characters a token
+    assert out["loss"] == pytest.approx(2 * math.log(2)) and out["bits_per_token"] == pytest.approx(2)
+    assert out["bpc"] == pytest.approx(1) and out["ppl"] == pytest.approx(4)
 
 
 def test_sample_stats():

@@ -1,0 +1,54 @@
+"""Stage `evaluate`: test-split perplexity and bits per character, plus sample statistics.
+
+Scores the test split (the val split when the corpus has none, as in nanoGPT's 90/10 split) with
+`rnnlab.scoring`, the same windows and carried state as training's validation, and writes
+`paths.eval`/metrics.json (a DVC metric: `dvc metrics show`, `dvc metrics diff`); the same numbers
+go to the training's MLflow run. For `corpus=agreement` it adds the agreement probe per distance.
+"""
+
+from __future__ import annotations
+
+import json
+import tempfile
+from pathlib import Path
+
+from rnnlab.config import section
+from rnnlab.files import write_json
+from rnnlab.vocab import VocabDir
+
+
+def run(params) -> dict:
+    from rnnlab import checkpoint, scoring, tracking  # torch after the cheap checks
+
+    vocab_dir = VocabDir(params.paths.vocab)
+    vocab, model, meta = checkpoint.load_trained(vocab_dir.path, f"{params.paths.train}/model")
+    stats = vocab_dir.stats()["splits"]
+    split = "test" if stats["test"]["tokens"] > 1 else "val"
+    scores = scoring.score_stream(model, vocab_dir.ids(split), params.evaluate.batch_size, params.evaluate.bptt,
+                                  vocab_dir.chars_per_token(split)) | {"oov_rate": stats[split]["oov_rate"]}
+    samples = json.loads((Path(params.paths.samples) / "samples.json").read_text(encoding="utf-8"))["stats"]
+    result = {"split": split, split: {k: round(v, 6) for k, v in scores.items()}, "samples": samples}
+    logged = {f"{split}/{k}": v for k, v in scores.items()} | {f"samples/{k}": v for k, v in samples.items()}
+    spec = section(params, tracking.TrackingSpec, "tracking")
+    with tempfile.TemporaryDirectory() as tmp:
+        plots = []
+        if params.corpus.source == "agreement":
+            result["agreement"], plots = agreement(params, model, vocab, meta["model"]["cell"], Path(tmp))
+            logged |= {f"agreement/{k}": v for k, v in result["agreement"].items()}
+        write_json(Path(params.paths.eval) / "metrics.json", result)
+        tracking.log_to_run(spec, meta.get("mlflow_run_id"), logged, artifacts=plots, artifact_path="plots")
+    print(f"{split}: loss {scores['loss']:.4f} nats/token, perplexity {scores['ppl']:.2f}, "
+          f"{scores['bpc']:.4f} bits/char, OOV {scores['oov_rate']:.2%}")
+    return result
+
+
+def agreement(params, model, vocab, cell: str, tmp: Path) -> tuple[dict, list[Path]]:
+    """Accuracy of was/were per distance (corpus=agreement), and its plot (in `tmp`, for MLflow)."""
+    from rnnlab import agreement_probe
+
+    rows = agreement_probe.probe(model, vocab, list(params.evaluate.agreement_distances),
+                                 params.evaluate.agreement_per_distance,
+                                 filler=(params.corpus.generator or {}).get("filler", "random"))
+    print(agreement_probe.markdown_table({cell: rows}))
+    agreement_probe.save_plot({cell: rows}, tmp / "agreement.png")
+    return {f"d{r['distance']:03d}": r["accuracy"] for r in rows}, [tmp / "agreement.png"]

@@ -1,0 +1,13 @@
+"""Stage `prepare`: read the corpus, clean it, split it into `paths.prepared`/{train,val,test}.txt."""
+
+from __future__ import annotations
+
+from rnnlab import corpus
+from rnnlab.config import section
+
+
+def run(params) -> dict:
+    stats = corpus.prepare(section(params, corpus.CorpusSpec, "corpus"), params.paths.prepared, params.paths.raw)
+    sizes = ", ".join(f"{k} {v:,}" for k, v in stats["chars"].items())
+    print(f"prepared {stats['source']} corpus ({stats['format']}): {sizes} characters")
+    return stats

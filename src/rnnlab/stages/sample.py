@@ -1,0 +1,32 @@
+"""Stage `sample`: sample novel sequences from the trained model into `paths.samples`.
+
+With overrides (`python pipeline/sample.py sample.prime=ROMEO: sample.num_samples=3`) it only prints:
+an interactive look that writes nothing.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from rnnlab import corpus
+from rnnlab.config import section, with_overrides
+
+
+def run(params, overrides: list[str] = ()) -> dict:
+    from rnnlab import checkpoint, sampling, tracking  # torch after the cheap checks
+
+    params = with_overrides(params, list(overrides))
+    spec = section(params, sampling.SampleSpec, "sample", skip=("checkpoint",))
+    model_path = params.sample.checkpoint or f"{params.paths.train}/model"
+    vocab, model, meta = checkpoint.load_trained(params.paths.vocab, model_path)
+    samples = sampling.sample(model, vocab, spec)
+    for s in samples:
+        print(s.text, end="\n\n" if vocab.level == "char" else "\n")
+    if overrides:
+        return {}
+    train_text = corpus.read_split(params.paths.prepared, "train")
+    out = Path(params.paths.samples)
+    stats = sampling.save_samples(out, samples, vocab, train_text, params.corpus.format == "lines")
+    tracking.log_to_run(section(params, tracking.TrackingSpec, "tracking"), meta.get("mlflow_run_id"),
+                        artifacts=[out / "samples.txt", out / "samples.json"], artifact_path="samples")
+    return stats

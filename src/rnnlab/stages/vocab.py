@@ -1,0 +1,16 @@
+"""Stage `vocab`: build the vocabulary from the training split and encode every split (`paths.vocab`)."""
+
+from __future__ import annotations
+
+from rnnlab import corpus
+from rnnlab.config import section
+from rnnlab.vocab import VocabSpec, build_and_encode
+
+
+def run(params) -> dict:
+    texts = {name: corpus.read_split(params.paths.prepared, name) for name in corpus.SPLITS}
+    stats = build_and_encode(texts, section(params, VocabSpec, "vocab"), params.corpus.format == "lines",
+                             params.paths.vocab)
+    oov = ", ".join(f"{k} {v:.2%}" for k, v in stats["oov_rate"].items())
+    print(f"{stats['level']} vocabulary: {stats['size']:,} tokens; OOV rate {oov}")
+    return stats

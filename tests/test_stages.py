@@ -1,0 +1,64 @@
+"""The stage functions (rnnlab.stages) in-process on the real config shrunk: one scoring path, callbacks
+from config, and what the pipeline scripts are."""
+
+from __future__ import annotations
+
+import ast
+import csv
+import sqlite3
+
+import pytest
+
+from conftest import REPO, tiny_params
+from rnnlab import checkpoint, scoring
+from rnnlab.errors import UserError
+from rnnlab.stages import evaluate, prepare, sample, train, vocab
+from rnnlab.stages.train import user_callbacks
+from rnnlab.vocab import VocabDir
+
+
+@pytest.fixture
+def in_repo(monkeypatch):
+    monkeypatch.chdir(REPO)  # stages read dvc.yaml from the working directory, as under `dvc repro`
+
+
+def test_final_val_loss_equals_evaluate_on_the_val_split(tmp_path, in_repo):
+    """Training's validation and the evaluate stage score with rnnlab.scoring: same checkpoint, same
+    windows (B = data.eval_batch_size = evaluate.batch_size, T = data.bptt = evaluate.bptt), same number."""
+    params = tiny_params(tmp_path, "corpus.test_frac=0", "trainer.max_steps=20", "trainer.val_check_interval=20",
+                         "evaluate.batch_size=4", "evaluate.bptt=8",
+                         "callbacks=[{_target_:lightning.pytorch.callbacks.LearningRateMonitor}]")
+    for stage in (prepare, vocab, train, sample):
+        stage.run(params)
+    result = evaluate.run(params)
+    assert result["split"] == "val"  # no test split: evaluate scores val
+
+    db = sqlite3.connect(tmp_path / "mlflow.db")
+    logged = db.execute("select value from metrics where key = 'val/loss' order by step desc").fetchone()[0]
+    assert abs(logged - result["val"]["loss"]) <= 1e-6  # evaluate rounds to 6 decimals
+    with open(tmp_path / "data" / "train" / "val.csv") as fh:
+        (row,) = list(csv.DictReader(fh))  # one validation, at the last step: the saved model is that one
+    # The double behind both (Lightning logs it as float32): the saved model, scored again, to the last bit.
+    voc, model, _ = checkpoint.load_trained(params.paths.vocab, tmp_path / "data" / "train" / "model")
+    again = scoring.score_stream(model, VocabDir(params.paths.vocab).ids("val"), 4, 8)
+    assert float(row["val_loss"]) == again["loss"] and round(again["loss"], 6) == result["val"]["loss"]
+    assert "lr-Adam" in {k for (k,) in db.execute("select distinct key from metrics")}  # the config's callback
+
+
+def test_bad_callback_entries_are_one_line_user_errors():
+    assert type(user_callbacks([{"_target_": "lightning.pytorch.callbacks.LearningRateMonitor"}])[0]).__name__ == \
+        "LearningRateMonitor"
+    with pytest.raises(UserError, match=r"^callbacks: .*_target_"):
+        user_callbacks([{"_target_": "no.such.Callback"}])
+
+
+@pytest.mark.parametrize("script", sorted((REPO / "pipeline").glob("*.py")), ids=lambda p: p.name)
+def test_scripts_are_thin_and_import_no_script(script):
+    """Library code is imported by scripts, never scripts by scripts, and nobody edits sys.path."""
+    tree = ast.parse(script.read_text())
+    imported = {n.module for n in ast.walk(tree) if isinstance(n, ast.ImportFrom)} | \
+               {a.name for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names}
+    assert not imported & {p.stem for p in (REPO / "pipeline").glob("*.py")}, imported
+    assert "sys.path" not in script.read_text()
+    if script.stem in ("params", "prepare", "vocab", "train", "sample", "evaluate"):
+        assert len(script.read_text().splitlines()) < 20  # parse, call rnnlab.stages, report errors
