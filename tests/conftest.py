@@ -38,6 +38,23 @@ def pytest_addoption(parser) -> None:
                      help="let the MLflow UI test write docs/mlflow-ui.png (tests write nowhere else in the repo)")
 
 
+@pytest.fixture(scope="session")
+def migrated_mlflow_db(tmp_path_factory) -> Path:
+    """An empty MLflow SQLite store with its schema created once (the migrations take ~1 s per new file)."""
+    from mlflow.tracking import MlflowClient
+
+    path = tmp_path_factory.mktemp("mlflow-template") / "mlflow.db"
+    MlflowClient(f"sqlite:///{path}").search_experiments()
+    return path
+
+
+@pytest.fixture
+def fresh_mlflow_db(tmp_path: Path, migrated_mlflow_db: Path) -> Path:
+    """tmp_path/mlflow.db: a new, empty store (a copy of the migrated template)."""
+    shutil.copy(migrated_mlflow_db, tmp_path / "mlflow.db")
+    return tmp_path / "mlflow.db"
+
+
 def tiny_params(tmp_path: Path, *overrides: str):
     """The real config (conf/) shrunk by TINY, every path and the MLflow store inside `tmp_path`."""
     from rnnlab.config import compose

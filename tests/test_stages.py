@@ -22,7 +22,7 @@ def in_repo(monkeypatch):
     monkeypatch.chdir(REPO)  # stages read dvc.yaml from the working directory, as under `dvc repro`
 
 
-def test_final_val_loss_equals_evaluate_on_the_val_split(tmp_path, in_repo):
+def test_final_val_loss_equals_evaluate_on_the_val_split(tmp_path, in_repo, fresh_mlflow_db):
     """Training's validation and the evaluate stage score with rnnlab.scoring: same checkpoint, same
     windows (B = data.eval_batch_size = evaluate.batch_size, T = data.bptt = evaluate.bptt), same number."""
     params = tiny_params(tmp_path, "corpus.test_frac=0", "trainer.max_steps=20", "trainer.val_check_interval=20",

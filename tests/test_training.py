@@ -20,7 +20,7 @@ from rnnlab.tracking import TrackingSpec
 
 
 @pytest.fixture
-def vocab_dir(tmp_path: Path) -> Path:
+def vocab_dir(tmp_path: Path, fresh_mlflow_db) -> Path:
     texts = corpus.split(TINY_TEXT * 3, corpus.CorpusSpec(source="file", path="x"))
     vocab.build_and_encode(texts, vocab.VocabSpec(level="char"), False, tmp_path / "vocab")
     return tmp_path / "vocab"
@@ -72,7 +72,7 @@ def test_a_run_shorter_than_the_validation_interval_ends_with_a_validation(vocab
 
 
 def test_max_time_also_ends_with_a_validation(vocab_dir, tmp_path):
-    metrics = training.train(tiny_job(vocab_dir, tmp_path, max_steps=-1, max_time={"seconds": 1},
+    metrics = training.train(tiny_job(vocab_dir, tmp_path, max_steps=-1, max_time={"milliseconds": 300},
                                       val_check_interval=10_000))
     assert metrics["step"] > 0 and metrics["best_step"] == metrics["step"]
 
@@ -167,8 +167,8 @@ def test_gradient_through_time_vanishes_for_a_contracting_rnn():
 
 
 def test_same_seed_same_validation_loss(vocab_dir, tmp_path):
-    first = training.train(tiny_job(vocab_dir, tmp_path / "a", max_steps=20))
-    second = training.train(tiny_job(vocab_dir, tmp_path / "b", max_steps=20))
+    first = training.train(tiny_job(vocab_dir, tmp_path / "a", max_steps=10))
+    second = training.train(tiny_job(vocab_dir, tmp_path / "b", max_steps=10))
     assert first["val_loss"] == second["val_loss"]
 
 
