@@ -61,7 +61,7 @@ def main() -> None:
         return
 
     from rnnlab import corpus, training, vocab
-    from rnnlab.callbacks import GradStatsSpec
+    from rnnlab.schema import GradStatsSpec
     from rnnlab.lit import OptimSpec
     from rnnlab.model import ModelSpec
     from rnnlab.tracking import TrackingSpec

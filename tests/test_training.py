@@ -13,7 +13,7 @@ import torch
 from conftest import TINY_TEXT
 from rnnlab import checkpoint, corpus, gradstats, training, vocab
 from rnnlab.errors import UserError
-from rnnlab.callbacks import GradStatsSpec
+from rnnlab.schema import GradStatsSpec
 from rnnlab.lit import OptimSpec
 from rnnlab.model import RNNLM, ModelSpec
 from rnnlab.tracking import TrackingSpec

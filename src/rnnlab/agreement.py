@@ -22,9 +22,8 @@ The probe of what a trained model makes of these sentences is in agreement_probe
 from __future__ import annotations
 
 import random
-from dataclasses import dataclass
 
-from rnnlab.errors import UserError
+from rnnlab.schema import AgreementSpec
 
 # Subject nouns, singular -> plural; irregular plurals so that number is not just a trailing "s".
 NOUNS = {"cat": "cats", "dog": "dogs", "fox": "foxes", "bird": "birds", "horse": "horses",
@@ -36,24 +35,6 @@ ADJECTIVES = ("full", "happy", "tired", "calm", "sleepy")
 FILLER = ("already", "ate", "the", "fish", "and", "slept", "on", "warm", "grass", "near", "old", "sheep",
           "after", "rain", "quietly", "chased", "deer", "in", "soft", "snow", "with", "milk", "bread",
           "under", "yesterday", "then", "saw", "green", "hay", "by", "water", "also", "ran", "through", "mud")
-
-
-@dataclass(frozen=True)
-class AgreementSpec:
-    n_sentences: int = 20000
-    min_distance: int = 0
-    max_distance: int = 40
-    seed: int = 0
-    filler: str = "random"  # random: N random FILLER words | passage: the first N words of FILLER, in order
-
-    def __post_init__(self) -> None:
-        if self.n_sentences < 1:
-            raise UserError(f"corpus.generator.n_sentences={self.n_sentences} must be at least 1")
-        if self.min_distance < 0:
-            raise UserError(f"corpus.generator.min_distance={self.min_distance} must be at least 0")
-        if self.max_distance < self.min_distance:
-            raise UserError(f"corpus.generator.max_distance={self.max_distance} must be at least "
-                            f"corpus.generator.min_distance={self.min_distance}")
 
 
 def prefix(rng: random.Random, plural: bool, distance: int, filler_kind: str = "random") -> list[str]:

@@ -16,23 +16,13 @@ post-clip norm is measured).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import torch
 from lightning.pytorch.callbacks import Callback
 
 from rnnlab import gradstats
-from rnnlab.sampling import SampleSpec, sample
+from rnnlab.sampling import sample
+from rnnlab.schema import SampleSpec
 from rnnlab.vocab import Vocab
-
-
-@dataclass(frozen=True)
-class GradStatsSpec:
-    every_n_steps: int = 20  # gradient norms every k steps (0: off)
-    gtt_length: int = 100  # T of the gradient-through-time probe (0: off)
-    gtt_batch: int = 16  # validation streams averaged by the probe
-    samples: int = 3  # samples logged to MLflow at each validation (0: off)
-    sample_length: int = 200
 
 
 class GradientStats(Callback):
@@ -68,10 +58,11 @@ class GradientStats(Callback):
         self._steps, self._fired, self._pre = 0, torch.zeros(()), None
 
     def state_dict(self) -> dict:
-        return {"rows": self.rows}
+        return {"rows": self.rows, "steps": self._steps, "fired": float(self._fired)}  # a window may be open
 
     def load_state_dict(self, state_dict: dict) -> None:
-        self.rows = state_dict["rows"]
+        self.rows, self._steps = state_dict["rows"], state_dict["steps"]
+        self._fired = torch.tensor(state_dict["fired"])
 
 
 class GradientThroughTime(Callback):

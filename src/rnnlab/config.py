@@ -28,12 +28,30 @@ T = TypeVar("T")
 
 
 def load_params(path: str | Path = PARAMS):
-    """params.yaml as an OmegaConf DictConfig."""
+    """params.yaml as an OmegaConf DictConfig, every value checked against rnnlab.schema."""
+    import yaml
     from omegaconf import OmegaConf
 
     if not Path(path).exists():
         raise UserError(f"no {path} here; run from the repository root, or create it: python -m rnnlab.config")
-    return OmegaConf.load(path)
+    try:
+        cfg = OmegaConf.load(path)
+    except yaml.YAMLError as err:
+        first = str(err).strip().splitlines()[0]
+        raise UserError(f"{path} is not valid YAML ({first}); fix it, or recompose it: python -m rnnlab.config") from None
+    return validated(cfg)
+
+
+def validated(cfg):
+    """`cfg` itself, after rnnlab.schema checked the type and range of every value (one-line UserError)."""
+    from omegaconf import OmegaConf
+
+    from rnnlab.schema import validate
+
+    if not OmegaConf.is_dict(cfg):
+        raise UserError("params.yaml is not a mapping of sections; recompose it: python -m rnnlab.config")
+    validate(OmegaConf.to_container(cfg, resolve=True))
+    return cfg
 
 
 def section(cfg: Any, cls: type[T], key: str, skip: tuple[str, ...] = ()) -> T:
@@ -94,7 +112,7 @@ def with_overrides(cfg: Any, overrides: list[str]):
         # A string key keeps the text as typed (sample.prime=ROMEO: is not a YAML mapping).
         parsed = value if isinstance(OmegaConf.select(cfg, key), str) else yaml.safe_load(value)
         OmegaConf.update(cfg, key, parsed, merge=False)
-    return cfg
+    return validated(cfg)
 
 
 def group_options(group: str, conf_dir: Path = CONF_DIR) -> list[str]:
@@ -122,7 +140,7 @@ def compose(overrides: list[str] = (), conf_dir: Path = CONF_DIR):
         groups = ", ".join(sorted(p.name for p in Path(conf_dir).iterdir() if p.is_dir()))
         raise UserError(f"{first} Check the override's spelling; config groups: {groups}") from None
     OmegaConf.resolve(cfg)
-    return cfg
+    return validated(cfg)
 
 
 def check_overrides(overrides: list[str], conf_dir: Path = CONF_DIR):

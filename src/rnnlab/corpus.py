@@ -25,47 +25,13 @@ import unicodedata
 import urllib.error
 import urllib.parse
 import urllib.request
-from dataclasses import dataclass
 from pathlib import Path
 
 from rnnlab.errors import UserError
 from rnnlab.files import atomic_write, sha256_bytes, sha256_file, write_json, write_text
+from rnnlab.schema import AgreementSpec, CorpusSpec
 
 SPLITS = ("train", "val", "test")
-FORMATS = ("text", "lines")
-NORMALIZATIONS = ("NFC", "NFKC", "NFD", "NFKD", "none")
-
-
-@dataclass(frozen=True)
-class CorpusSpec:
-    source: str = "shakespeare"
-    format: str = "text"
-    path: str | list[str] | None = None
-    url: str | None = None
-    sha256: str | None = None
-    normalize: str = "NFC"
-    lowercase: bool = False
-    max_chars: int | None = None
-    val_frac: float = 0.05
-    test_frac: float = 0.05
-    split_seed: int = 0
-    generator: dict | None = None  # corpus=agreement: AgreementSpec keys
-
-    def __post_init__(self) -> None:
-        if self.source not in SOURCES:
-            raise UserError(f"corpus.source={self.source!r} is not known; use one of {', '.join(SOURCES)}")
-        if self.format not in FORMATS:
-            raise UserError(f"corpus.format={self.format!r} is not known; use 'text' or 'lines'")
-        if self.normalize not in NORMALIZATIONS:
-            raise UserError(f"corpus.normalize={self.normalize!r} is not known; use one of {', '.join(NORMALIZATIONS)}")
-        fracs_ok = 0 <= self.val_frac < 1 and 0 <= self.test_frac < 1 and self.val_frac + self.test_frac < 1
-        if not fracs_ok:
-            raise UserError(
-                f"corpus.val_frac={self.val_frac} and corpus.test_frac={self.test_frac} leave no training data; "
-                "use fractions in [0, 1) that sum to less than 1"
-            )
-        if self.max_chars is not None and self.max_chars < 1:
-            raise UserError(f"corpus.max_chars={self.max_chars} must be a positive number of characters or null")
 
 
 # --- reading sources ---------------------------------------------------------------------------------
@@ -190,14 +156,9 @@ def download(url: str) -> bytes:
 
 
 def read_agreement(spec: CorpusSpec, raw_dir: Path) -> tuple[str, str]:
-    from rnnlab.agreement import AgreementSpec, generate
+    from rnnlab.agreement import generate
 
-    try:
-        gen = AgreementSpec(**(spec.generator or {}))
-    except TypeError:
-        raise UserError(f"corpus.generator has an unknown key ({', '.join(spec.generator)}); valid keys: "
-                        "n_sentences, min_distance, max_distance, seed") from None
-    text = generate(gen)
+    text = generate(AgreementSpec(**(spec.generator or {})))  # the keys were checked with the CorpusSpec
     return text, sha256_bytes(text.encode())
 
 

@@ -28,12 +28,15 @@ the last window is shorter instead of dropped):
 Window k+1 continues window k in every row, so the LightningModule carries the final hidden state of
 one batch, detached, into the next: gradients flow back at most T steps (truncated BPTT) while the
 state has seen the whole stream so far. Hence no shuffling, and the DataLoader gets `batch_size=None`
-because each item already is a whole (B, T) batch.
+because each item already is a whole (B, T) batch. The training loader is resumable (`StreamLoader`):
+its position in the epoch is part of Lightning's checkpoint, so a resumed training sees exactly the
+windows the uninterrupted one would have.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Callable
 
 import lightning.pytorch as pl
 import numpy as np
@@ -67,6 +70,26 @@ class StreamWindows(Dataset):
         return window(self.data, k, self.bptt)  # (B, T), (B, T)
 
 
+class StreamLoader(DataLoader):
+    """The windows in stream order, resumable through Lightning's `state_dict` / `load_state_dict`
+    protocol: `position()` tells how many windows of the current epoch training has completed (Lightning
+    saves it with the checkpoint), and the first epoch after `load_state_dict` starts there."""
+
+    def __init__(self, windows: StreamWindows, position: Callable[[], int]) -> None:
+        super().__init__(windows, batch_size=None, shuffle=False)  # items are whole batches: no collation
+        self._position, self._start = position, 0
+
+    def __iter__(self):
+        start, self._start = self._start, 0
+        return (self.dataset[k] for k in range(start, len(self.dataset)))
+
+    def state_dict(self) -> dict:
+        return {"position": self._position()}
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        self._start = state_dict["position"] % len(self.dataset)  # a whole epoch done: the next starts at 0
+
+
 class StreamDataModule(pl.LightningDataModule):
     """Train and val windows from the vocab stage's encoded splits."""
 
@@ -84,13 +107,10 @@ class StreamDataModule(pl.LightningDataModule):
         if self.trainer is not None and self.trainer.world_size > 1:
             raise UserError("stateful stream batches run in one process; set trainer.devices=1")
 
-    def train_dataloader(self) -> DataLoader:
-        return self._loader("train", self.batch_size)
+    def train_dataloader(self) -> StreamLoader:
+        windows = StreamWindows(self.vocab_dir.ids("train"), self.batch_size, self.bptt, "train")
+        return StreamLoader(windows, lambda: self.trainer.fit_loop.epoch_loop.batch_progress.current.completed)
 
     def val_dataloader(self) -> DataLoader:
-        return self._loader("val", self.eval_batch_size)
-
-    def _loader(self, split: str, batch_size: int) -> DataLoader:
-        windows = StreamWindows(self.vocab_dir.ids(split), batch_size, self.bptt, split)
-        # Items are whole batches, in stream order: no collation, no shuffling.
-        return DataLoader(windows, batch_size=None, shuffle=False)
+        windows = StreamWindows(self.vocab_dir.ids("val"), self.eval_batch_size, self.bptt, "val")
+        return DataLoader(windows, batch_size=None, shuffle=False)  # whole batches, in stream order

@@ -1,7 +1,10 @@
 """Atomic file output: a stage either writes a complete file or leaves the old one untouched.
 
-Every output is written to a temporary file in the same folder and renamed into place (`os.replace` is
-atomic on POSIX), so an interrupted or failed stage never leaves a half-written file behind.
+Every output is written to a temporary file in the same folder, flushed to disk (fsync) and renamed into
+place (`os.replace` is atomic on POSIX), so an interrupted or failed stage, a kill or a full disk never
+leaves a half-written file behind: the previous version stays. Files get the user's umask (like `open`),
+not the 0600 of `mkstemp`; temporary files a killed stage left (`.<name>.*.tmp`) are removed by the
+stage's next run (`remove_leftovers`).
 """
 
 from __future__ import annotations
@@ -13,6 +16,9 @@ import tempfile
 from pathlib import Path
 from typing import Any, Callable
 
+UMASK = os.umask(0o022)
+os.umask(UMASK)  # read the process umask once (os.umask can only read it by setting it)
+
 
 def atomic_write(path: str | Path, write: Callable[[Any], None], mode: str = "w") -> None:
     """Call `write(fileobj)` on a temporary file next to `path`, then rename it to `path`."""
@@ -20,13 +26,24 @@ def atomic_write(path: str | Path, write: Callable[[Any], None], mode: str = "w"
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
+        os.fchmod(fd, 0o666 & ~UMASK)
         encoding = None if "b" in mode else "utf-8"
         with os.fdopen(fd, mode, encoding=encoding) as fh:
             write(fh)
+            fh.flush()
+            os.fsync(fh.fileno())
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def remove_leftovers(folder: str | Path) -> list[Path]:
+    """Delete the temporary files (`.<name>.*.tmp`) a killed run left under `folder`; returns them."""
+    found = sorted(Path(folder).rglob(".*.tmp")) if Path(folder).is_dir() else []
+    for path in found:
+        path.unlink(missing_ok=True)
+    return found
 
 
 def write_text(path: str | Path, text: str) -> None:

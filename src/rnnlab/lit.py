@@ -10,38 +10,21 @@ samples) are Lightning callbacks in callbacks.py.
 
 from __future__ import annotations
 
+import random
 import time
-from dataclasses import dataclass
 
 import lightning.pytorch as pl
+import numpy as np
 import torch
 import torch.nn.functional as F
 
 from rnnlab import scoring
 from rnnlab.errors import UserError
 from rnnlab.model import RNNLM, ModelSpec, detach_hidden
+from rnnlab.schema import OPTIMIZER_NAMES, OptimSpec
 
 OPTIMIZERS = {"adam": torch.optim.Adam, "adamw": torch.optim.AdamW, "sgd": torch.optim.SGD}
-SCHEDULES = ("none", "plateau")
-
-
-@dataclass(frozen=True)
-class OptimSpec:
-    algorithm: str = "adam"
-    lr: float = 3e-3
-    weight_decay: float = 0.0
-    momentum: float = 0.0
-    schedule: str = "none"
-    plateau_factor: float = 0.25
-    plateau_patience: int = 0
-
-    def __post_init__(self) -> None:
-        if self.algorithm not in OPTIMIZERS:
-            raise UserError(f"optim.algorithm={self.algorithm!r} is not known; use one of {', '.join(OPTIMIZERS)}")
-        if self.schedule not in SCHEDULES:
-            raise UserError(f"optim.schedule={self.schedule!r} is not known; use one of {', '.join(SCHEDULES)}")
-        if self.lr <= 0:
-            raise UserError(f"optim.lr={self.lr} must be positive")
+assert tuple(OPTIMIZERS) == OPTIMIZER_NAMES, "schema.py names the same optimisers"
 
 
 class NonFiniteError(UserError):
@@ -61,14 +44,14 @@ class LitLM(pl.LightningModule):
         self.save_hyperparameters()  # plain containers only: checkpoints load with weights_only=True
         self.model = RNNLM(vocab_size, ModelSpec(**model))
         self.optim_spec = OptimSpec(**optim)
-        self.hidden = None  # carried training state (truncated BPTT)
+        self.hidden = None  # carried training state (truncated BPTT); a mid-epoch checkpoint keeps it
         self.history: dict[str, list] = {"train": [], "val": []}  # loss.csv and val.csv rows
         self._tokens, self._clock = 0, time.perf_counter()
 
     # --- training ---------------------------------------------------------------------------------------
 
     def on_train_epoch_start(self) -> None:
-        self.hidden = None
+        self.hidden = None  # the zero state (not called when Lightning resumes mid-epoch)
 
     def training_step(self, batch, batch_idx):
         x, y = batch  # (B, T), (B, T)
@@ -132,8 +115,23 @@ class LitLM(pl.LightningModule):
         return {"optimizer": optimizer,
                 "lr_scheduler": {"scheduler": plateau, "monitor": "val/loss", "strict": False} | when}
 
+    # A resumed training continues bit for bit: with the loader's position (data.StreamLoader) and the
+    # optimiser (Lightning's), the checkpoint keeps the carried hidden state and every random generator.
+
     def on_save_checkpoint(self, checkpoint: dict) -> None:
-        checkpoint["rnnlab_history"] = self.history
+        mid_epoch = self.trainer.fit_loop.epoch_loop.batch_progress.current.completed % self.trainer.num_training_batches
+        np_state = np.random.get_state()
+        checkpoint["rnnlab"] = {
+            "history": self.history,
+            "hidden": self.hidden if mid_epoch else None,
+            "rng": {"torch": torch.get_rng_state(), "python": random.getstate(),
+                    "numpy": [np_state[0], np_state[1].tolist(), *np_state[2:]]},
+        }
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
-        self.history = checkpoint.get("rnnlab_history", self.history)
+        saved = checkpoint["rnnlab"]
+        self.history, self.hidden = saved["history"], saved["hidden"]
+        torch.set_rng_state(saved["rng"]["torch"])
+        random.setstate(saved["rng"]["python"])
+        name, keys, *rest = saved["rng"]["numpy"]
+        np.random.set_state((name, np.asarray(keys, dtype=np.uint32), *rest))

@@ -14,45 +14,19 @@ the cell type. `hidden=None` means the zero state, for every cell.
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
 from typing import Callable, Union
 
 import torch
 from torch import nn
 
 from rnnlab import recurrence
-from rnnlab.errors import UserError
+from rnnlab.schema import CELL_NAMES, ModelSpec
 from rnnlab.vocab import EOS_ID
 
 CELLS = {"rnn": nn.RNN, "gru": nn.GRU, "lstm": nn.LSTM}
+assert tuple(CELLS) == CELL_NAMES, "schema.py names the same cells"
 
 Hidden = Union[torch.Tensor, tuple[torch.Tensor, ...], None]
-
-
-@dataclass(frozen=True)
-class ModelSpec:
-    cell: str = "gru"
-    embedding_size: int = 128
-    hidden_size: int = 256
-    num_layers: int = 1
-    dropout: float = 0.0
-    tie_weights: bool = False
-    reset_at_eos: bool = False  # line corpora: each line starts from the zero state, as when sampling
-
-    def __post_init__(self) -> None:
-        if self.cell not in CELLS:
-            raise UserError(f"model.cell={self.cell!r} is not known; use one of {', '.join(CELLS)}")
-        for key in ("embedding_size", "hidden_size", "num_layers"):
-            if getattr(self, key) < 1:
-                raise UserError(f"model.{key}={getattr(self, key)} must be at least 1")
-        if not 0 <= self.dropout < 1:
-            raise UserError(f"model.dropout={self.dropout} must be in [0, 1)")
-        if self.tie_weights and self.embedding_size != self.hidden_size:
-            raise UserError(
-                f"model.tie_weights=true needs model.embedding_size == model.hidden_size "
-                f"(got {self.embedding_size} and {self.hidden_size}); set model.embedding_size={self.hidden_size} "
-                "or model.tie_weights=false"
-            )
 
 
 class RNNLM(nn.Module):

@@ -36,40 +36,11 @@ import torch
 
 from rnnlab.errors import UserError
 from rnnlab.files import write_json, write_text
+from rnnlab.schema import SampleSpec
 from rnnlab.vocab import EOS_ID, TOKENIZERS, UNK_ID, Vocab
 
-UNK_POLICIES = ("allow", "reject")
 NOVELTY_N = 8  # running text: a sample is novel if it has an n-gram of this many tokens absent from train
 WORDS = TOKENIZERS["words"]  # novelty compares words with one tokenizer on both sides
-
-
-@dataclass(frozen=True)
-class SampleSpec:
-    num_samples: int = 5
-    max_length: int = 300
-    temperature: float = 1.0
-    top_k: int | None = None
-    top_p: float | None = None
-    greedy: bool = False
-    prime: str = ""
-    seed: int = 0
-    unk: str = "allow"
-
-    def __post_init__(self) -> None:
-        checks = [
-            (self.num_samples < 1, f"sample.num_samples={self.num_samples} must be at least 1"),
-            (self.max_length < 1, f"sample.max_length={self.max_length} must be at least 1"),
-            (self.temperature <= 0, f"sample.temperature={self.temperature} must be above 0; "
-                                    "for argmax decoding set sample.greedy=true"),
-            (self.top_k is not None and self.top_k < 1, f"sample.top_k={self.top_k} must be at least 1; "
-                                                        "use null to keep every token"),
-            (self.top_p is not None and not 0 < self.top_p <= 1, f"sample.top_p={self.top_p} must be in (0, 1]; "
-                                                                 "use null to keep every token"),
-            (self.unk not in UNK_POLICIES, f"sample.unk={self.unk!r} is not known; use 'allow' or 'reject'"),
-        ]
-        for bad, message in checks:
-            if bad:
-                raise UserError(message)
 
 
 @dataclass

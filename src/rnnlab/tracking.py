@@ -12,25 +12,19 @@ Browse: `mlflow ui --backend-store-uri sqlite:///mlflow.db` (serves http://127.0
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
 import subprocess
 import urllib.error
 import urllib.request
-from dataclasses import dataclass
 from pathlib import Path
 
 from rnnlab.errors import UserError
+from rnnlab.schema import TrackingSpec
 
 os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # no progress bars in stage logs
-
-
-@dataclass(frozen=True)
-class TrackingSpec:
-    uri: str | None = None
-    experiment: str = "rnnlab"
-    run_name: str | None = None
 
 
 def repo_root() -> Path:
@@ -86,6 +80,43 @@ def run_tags(params: dict) -> dict[str, str]:
     return {k: v for k, v in tags.items() if v}
 
 
+STORE_FIX = ("check that it exists and is writable (or that the server runs), or point tracking.uri / "
+             "MLFLOW_TRACKING_URI at a store that works")
+
+
+@contextlib.contextmanager
+def store_errors(uri: str):
+    """Turn a failing MLflow store (database deleted or read-only, server gone) into one UserError line."""
+    from mlflow.exceptions import MlflowException
+
+    try:
+        yield
+    except MlflowException as err:
+        first = (str(err).strip().splitlines() or ["no message"])[0][:200]
+        raise UserError(f"the MLflow store {uri} failed ({first}); {STORE_FIX}") from None
+
+
+def run_exists(spec: TrackingSpec, run_id: str) -> bool:
+    from mlflow.exceptions import MlflowException
+    from mlflow.tracking import MlflowClient
+
+    uri = tracking_uri(spec)
+    try:
+        return MlflowClient(uri).get_run(run_id).info.lifecycle_stage == "active"
+    except MlflowException as err:
+        if err.error_code == "RESOURCE_DOES_NOT_EXIST":
+            return False
+        raise
+
+
+def end_run(logger, status: str) -> None:
+    """Mark the run FAILED or KILLED; a store that is gone cannot be told, which is not a second error."""
+    from mlflow.exceptions import MlflowException
+
+    with contextlib.suppress(MlflowException, OSError):
+        logger.experiment.set_terminated(logger.run_id, status)
+
+
 def make_logger(spec: TrackingSpec, params: dict, run_id: str | None = None):
     """A Lightning MLFlowLogger on the resolved URI, tagged; `run_id` continues a resumed run."""
     from lightning.pytorch.loggers import MLFlowLogger
@@ -106,8 +137,9 @@ def log_to_run(spec: TrackingSpec, run_id: str | None, metrics: dict | None = No
     uri = tracking_uri(spec)
     check_reachable(uri)
     client = MlflowClient(tracking_uri=uri)
-    for key, value in (metrics or {}).items():
-        if isinstance(value, (int, float)) and value == value:  # numbers, not NaN
-            client.log_metric(run_id, key, float(value))
-    for path in artifacts:
-        client.log_artifact(run_id, str(path), artifact_path)
+    with store_errors(uri):
+        for key, value in (metrics or {}).items():
+            if isinstance(value, (int, float)) and value == value:  # numbers, not NaN
+                client.log_metric(run_id, key, float(value))
+        for path in artifacts:
+            client.log_artifact(run_id, str(path), artifact_path)

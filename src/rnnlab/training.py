@@ -11,9 +11,11 @@ Outputs in `out_dir` (data/train by default):
 from __future__ import annotations
 
 import csv
+import dataclasses
 import inspect
 import json
 import math
+import pickle
 import shutil
 import sys
 from dataclasses import asdict, dataclass, field
@@ -22,25 +24,20 @@ from pathlib import Path
 import lightning.pytorch as pl
 import torch
 from lightning.pytorch.callbacks import ModelCheckpoint, RichProgressBar
+from lightning.pytorch.plugins.io import TorchCheckpointIO
 
 from rnnlab import checkpoint, gradstats, runtime
-from rnnlab.callbacks import (FinalValidation, GradientStats, GradientThroughTime, GradStatsSpec, LinePrinter,
-                              ValidationSamples)
+from rnnlab.callbacks import FinalValidation, GradientStats, GradientThroughTime, LinePrinter, ValidationSamples
 from rnnlab.data import StreamDataModule
 from rnnlab.errors import UserError
-from rnnlab.files import atomic_write, write_json
+from rnnlab.files import atomic_write, remove_leftovers, write_json
 from rnnlab.lit import LitLM, OptimSpec
 from rnnlab.model import ModelSpec
+from rnnlab.schema import DataSpec, GradStatsSpec, TrainerSpec
 from rnnlab.scoring import batchify
-from rnnlab.tracking import TrackingSpec, make_logger, params_hash
+from rnnlab.tracking import (TrackingSpec, end_run, make_logger, params_hash, run_exists, store_errors,
+                             tracking_uri)
 from rnnlab.vocab import VocabDir
-
-
-@dataclass(frozen=True)
-class DataSpec:
-    batch_size: int = 64
-    bptt: int = 128
-    eval_batch_size: int = 64
 
 
 @dataclass
@@ -67,25 +64,77 @@ def trainer_kwargs(values: dict) -> dict:
     if unknown:
         raise UserError(f"trainer.{unknown[0]} is not a lightning.pytorch.Trainer argument; "
                         "see conf/trainer/default.yaml for the usual ones")
-    if values.get("gradient_clip_algorithm") not in (None, "norm", "value"):
-        raise UserError(f"trainer.gradient_clip_algorithm={values['gradient_clip_algorithm']!r}: use norm or value")
-    clip = values.get("gradient_clip_val")
-    if clip is not None and (not isinstance(clip, (int, float)) or clip < 0):
-        raise UserError(f"trainer.gradient_clip_val={clip} must be a number >= 0 (0 or null: no clipping)")
+    known = {f.name for f in dataclasses.fields(TrainerSpec)}
+    TrainerSpec(**{k: v for k, v in values.items() if k in known})  # types and ranges (schema.py)
     if values.get("gradient_clip_val") == 0:
         values["gradient_clip_val"] = None  # 0 means off, as in Lightning
     return values
 
 
-def resume_state(ckpt_dir: Path, phash: str) -> dict | None:
-    """The checkpoint to resume from: only an unfinished run of the very same params."""
-    state_file = ckpt_dir / "run.json"
-    state = json.loads(state_file.read_text()) if state_file.exists() else None
-    if state and state["params_hash"] == phash and not state["complete"] and (ckpt_dir / "last.ckpt").exists():
-        return state
+class AtomicCheckpointIO(TorchCheckpointIO):
+    """Lightning checkpoints written like every other output (files.atomic_write: a temporary file in the
+    checkpoint folder, fsync, rename), so a kill or a full disk leaves the previous checkpoint intact;
+    read back with weights_only=True, whatever TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD says."""
+
+    def save_checkpoint(self, checkpoint: dict, path, storage_options=None) -> None:
+        atomic_write(path, lambda fh: torch.save(checkpoint, fh), mode="wb")
+
+    def load_checkpoint(self, path, map_location=None, weights_only=None) -> dict:
+        return torch.load(path, map_location=map_location or "cpu", weights_only=True)
+
+
+def readable(path: Path) -> str | None:
+    """None when `path` loads as a checkpoint (weights only), else why not, in a few words."""
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except FileNotFoundError:
+        return "missing"
+    except (RuntimeError, EOFError, OSError, ValueError, pickle.UnpicklingError) as err:
+        return (str(err).strip().splitlines() or [type(err).__name__])[0][:120]
+    return None if isinstance(ckpt, dict) and "rnnlab" in ckpt else "not a checkpoint of this rnnlab version"
+
+
+def resume_point(ckpt_dir: Path, phash: str) -> tuple[Path, str] | None:
+    """(checkpoint, MLflow run id) of an unfinished run of the very same params, or None: start afresh.
+
+    Falls back from last.ckpt to best.ckpt to a fresh start, saying why in one line, so a damaged file
+    never makes every later run fail."""
+    try:
+        state = json.loads((ckpt_dir / "run.json").read_text())
+    except FileNotFoundError:
+        state = None
+    except (json.JSONDecodeError, UnicodeDecodeError, OSError) as err:
+        print(f"note: {ckpt_dir / 'run.json'} cannot be read ({err}); starting afresh", file=sys.stderr)
+        state = None
+    if state and state.get("params_hash") == phash and not state.get("complete"):
+        for name in ("last.ckpt", "best.ckpt"):
+            why = readable(ckpt_dir / name)
+            if why is None:
+                return ckpt_dir / name, state.get("run_id")
+            if why != "missing":
+                print(f"note: {ckpt_dir / name} cannot be read ({why}); trying the next checkpoint", file=sys.stderr)
+        print(f"note: no readable checkpoint in {ckpt_dir}; starting afresh", file=sys.stderr)
     if ckpt_dir.exists():
-        shutil.rmtree(ckpt_dir)  # another config, or a finished run: start afresh
+        shutil.rmtree(ckpt_dir)  # another config, a finished run, or nothing usable: start afresh
     return None
+
+
+def open_run(job: TrainJob, ckpt_dir: Path, phash: str):
+    """The resume checkpoint (or None) and the MLflow logger: the interrupted run's, or a new one."""
+    uri = tracking_uri(job.tracking)
+    resume = resume_point(ckpt_dir, phash)
+    run_id = resume[1] if resume else None
+    with store_errors(uri):
+        if run_id and not run_exists(job.tracking, run_id):
+            print(f"note: the MLflow run {run_id} of the interrupted training is gone from {uri}; "
+                  "logging to a new run", file=sys.stderr)
+            run_id = None
+        logger = make_logger(job.tracking, job.params, run_id=run_id)
+        if resume:
+            print(f"resuming the interrupted training from {resume[0]} (MLflow run {logger.run_id})")
+        if not run_id:
+            logger.log_hyperparams(job.params)
+    return (resume[0] if resume else None), logger
 
 
 def write_csv(path: Path, header: list[str], rows: list[list]) -> None:
@@ -146,49 +195,60 @@ def diagnostics(vocab, vocab_dir: VocabDir, spec: GradStatsSpec) -> dict:
 
 
 def train(job: TrainJob) -> dict:
-    """Train, save the best model and metrics; returns the metrics written to metrics.json."""
+    """Train, save the best model and metrics; returns the metrics written to metrics.json.
+
+    A run that ends by an exception is marked FAILED in MLflow (KILLED on Ctrl-C), also before training."""
     runtime.configure(job.threads)
     pl.seed_everything(job.seed, workers=True, verbose=False)
+    kwargs = trainer_kwargs(job.trainer)
+    out, ckpt_dir = Path(job.out_dir), Path(job.out_dir) / "checkpoints"
+    remove_leftovers(out)
+    phash = params_hash(job.params)
+    resume, logger = open_run(job, ckpt_dir, phash)
+    write_json(ckpt_dir / "run.json", {"params_hash": phash, "run_id": logger.run_id, "complete": False})
+    try:
+        with store_errors(tracking_uri(job.tracking)):
+            metrics = fit(job, kwargs, logger, resume)
+    except (KeyboardInterrupt, SystemExit):
+        end_run(logger, "KILLED")
+        raise
+    except BaseException:
+        end_run(logger, "FAILED")
+        raise
+    write_json(ckpt_dir / "run.json", {"params_hash": phash, "run_id": logger.run_id, "complete": True})
+    return metrics
+
+
+def fit(job: TrainJob, kwargs: dict, logger, resume: Path | None) -> dict:
+    """Build the Trainer, fit (from `resume` if given), and write the outputs of a finished training."""
     vocab_dir = VocabDir(job.vocab_dir)
     vocab = vocab_dir.vocab()
     dm = StreamDataModule(job.vocab_dir, job.data.batch_size, job.data.bptt, job.data.eval_batch_size)
-    kwargs = trainer_kwargs(job.trainer)
     lit = LitLM(len(vocab), vocab.hash, asdict(job.model), asdict(job.optim),
                 val_chars_per_token=vocab_dir.chars_per_token("val"))
-
     out, ckpt_dir = Path(job.out_dir), Path(job.out_dir) / "checkpoints"
-    phash = params_hash(job.params)
-    resume = resume_state(ckpt_dir, phash)
-    logger = make_logger(job.tracking, job.params, run_id=resume["run_id"] if resume else None)
-    if resume:
-        print(f"resuming the interrupted training from {ckpt_dir / 'last.ckpt'} (MLflow run {resume['run_id']})")
-    else:
-        logger.log_hyperparams(job.params)
-    write_json(ckpt_dir / "run.json", {"params_hash": phash, "run_id": logger.run_id, "complete": False})
-
     best = ModelCheckpoint(dirpath=ckpt_dir, filename="best", monitor="val/loss", mode="min", save_top_k=1,
                            save_last=True, auto_insert_metric_name=False, enable_version_counter=False)
     found = diagnostics(vocab, vocab_dir, job.gradstats)
     tty = sys.stdout.isatty()
     progress = RichProgressBar() if tty else LinePrinter(max(kwargs.get("max_steps", 0) // 20, 25))
-    callbacks = [best, FinalValidation(), progress, *found.values(), *job.callbacks]
-    trainer = pl.Trainer(**kwargs, logger=logger, callbacks=callbacks, enable_progress_bar=tty,
-                         default_root_dir=out, inference_mode=False, num_sanity_val_steps=0,
-                         enable_model_summary=False)
-    trainer.fit(lit, dm, ckpt_path=str(ckpt_dir / "last.ckpt") if resume else None)
+    trainer = pl.Trainer(**kwargs, logger=logger, callbacks=[best, FinalValidation(), progress, *found.values(),
+                                                              *job.callbacks],
+                         plugins=[AtomicCheckpointIO()], enable_progress_bar=tty, default_root_dir=out,
+                         inference_mode=False, num_sanity_val_steps=0, enable_model_summary=False)
+    trainer.fit(lit, dm, ckpt_path=resume, weights_only=True)
     if trainer.interrupted:
         raise UserError(f"training was interrupted at step {trainer.global_step}; run `dvc repro` again to resume "
                         f"from the last checkpoint in {ckpt_dir}")
-
     if best.best_model_path:
         lit.model.load_state_dict(checkpoint.read_lightning_checkpoint(Path(best.best_model_path))[0])
     metrics = final_metrics(lit, found, trainer)
-    checkpoint.save_model(out / "model", lit.model, vocab, {"params_hash": phash, "mlflow_run_id": logger.run_id,
+    checkpoint.save_model(out / "model", lit.model, vocab, {"params_hash": params_hash(job.params),
+                                                            "mlflow_run_id": logger.run_id,
                                                             "step": trainer.global_step, "metrics": metrics})
     write_outputs(lit, found, out, f"{lit.model.spec.cell}, clip {kwargs.get('gradient_clip_val')}")
     write_json(out / "metrics.json", metrics)
     log_artifacts(logger, job, vocab_dir, out)
-    write_json(ckpt_dir / "run.json", {"params_hash": phash, "run_id": logger.run_id, "complete": True})
     return metrics
 
 

@@ -25,31 +25,15 @@ import numpy as np
 
 from rnnlab.errors import UserError
 from rnnlab.files import atomic_write, write_json
+from rnnlab.schema import TOKENIZER_NAMES, VocabSpec
 
 EOS, UNK = "<eos>", "<unk>"
 EOS_ID, UNK_ID = 0, 1
-LEVELS = ("char", "word")
 TOKENIZERS = {
     "words": re.compile(r"\w+(?:['’]\w+)*|[^\w\s]"),  # words (with inner apostrophes) and punctuation
     "whitespace": re.compile(r"\S+"),  # pre-tokenised corpora such as PTB
 }
-
-
-@dataclass(frozen=True)
-class VocabSpec:
-    level: str = "char"
-    lowercase: bool = False
-    min_freq: int = 1
-    max_size: int | None = None
-    tokenizer: str = "words"
-
-    def __post_init__(self) -> None:
-        if self.level not in LEVELS:
-            raise UserError(f"vocab.level={self.level!r} is not known; use 'char' or 'word'")
-        if self.tokenizer not in TOKENIZERS:
-            raise UserError(f"vocab.tokenizer={self.tokenizer!r} is not known; use one of {', '.join(TOKENIZERS)}")
-        if self.min_freq < 1:
-            raise UserError(f"vocab.min_freq={self.min_freq} must be at least 1")
+assert tuple(TOKENIZERS) == TOKENIZER_NAMES, "schema.py names the same tokenizers"
 
 
 @dataclass

@@ -16,7 +16,7 @@ def run(params, overrides: list[str] = ()) -> dict:
     from rnnlab import checkpoint, sampling, tracking  # torch after the cheap checks
 
     params = with_overrides(params, list(overrides))
-    spec = section(params, sampling.SampleSpec, "sample", skip=("checkpoint",))
+    spec = section(params, sampling.SampleSpec, "sample")
     model_path = params.sample.checkpoint or f"{params.paths.train}/model"
     vocab, model, meta = checkpoint.load_trained(params.paths.vocab, model_path)
     samples = sampling.sample(model, vocab, spec)

@@ -16,7 +16,7 @@ from rnnlab.errors import UserError
 
 def run(params) -> dict:
     from rnnlab import training  # heavy imports (torch, lightning, mlflow) after the cheap checks
-    from rnnlab.callbacks import GradStatsSpec
+    from rnnlab.schema import GradStatsSpec
     from rnnlab.lit import OptimSpec
     from rnnlab.model import ModelSpec
     from rnnlab.tracking import TrackingSpec
