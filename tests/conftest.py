@@ -55,6 +55,16 @@ def fresh_mlflow_db(tmp_path: Path, migrated_mlflow_db: Path) -> Path:
     return tmp_path / "mlflow.db"
 
 
+@pytest.fixture
+def vocab_dir(tmp_path: Path, fresh_mlflow_db) -> Path:
+    """The vocab stage's folder for TINY_TEXT (char level), and an empty MLflow store at tmp_path/mlflow.db."""
+    from rnnlab import corpus, vocab
+
+    texts = corpus.split(TINY_TEXT * 3, corpus.CorpusSpec(source="file", path="x"))
+    vocab.build_and_encode(texts, vocab.VocabSpec(level="char"), False, tmp_path / "vocab")
+    return tmp_path / "vocab"
+
+
 def tiny_params(tmp_path: Path, *overrides: str):
     """The real config (conf/) shrunk by TINY, every path and the MLflow store inside `tmp_path`."""
     from rnnlab.config import compose

@@ -114,30 +114,3 @@ def test_stage_errors_are_one_line_with_exit_2_and_no_outputs(project):
     assert bad.returncode == 2 and bad.stderr == "error: unknown option vocab=bpe; valid options: char, word\n"
     bad = run(["python", "-m", "rnnlab.config", "colour=red"], project, check=False)
     assert bad.returncode == 2 and "config groups: corpus" in bad.stderr and len(bad.stderr.splitlines()) == 1
-
-
-def test_kill_9_during_training_then_dvc_repro_resumes(project):
-    import os
-    import signal
-    import subprocess
-    import time
-
-    from conftest import BIN
-
-    run(["python", "-m", "rnnlab.config", *TINY, "trainer.max_steps=1500", "trainer.val_check_interval=25",
-         "gradstats.samples=0"], project)
-    env = {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}"}
-    proc = subprocess.Popen(["dvc", "repro"], cwd=project, env=env, start_new_session=True,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    last = project / "data" / "train" / "checkpoints" / "last.ckpt"
-    deadline = time.time() + 120
-    while not last.exists() and time.time() < deadline and proc.poll() is None:
-        time.sleep(0.05)
-    os.killpg(proc.pid, signal.SIGKILL)  # kill -9 dvc and the training under it
-    proc.wait()
-    assert last.exists(), "training never wrote a checkpoint"
-    assert not (project / "data" / "train" / "metrics.json").exists(), "training finished before the kill"
-
-    out = run(["dvc", "repro"], project).stdout
-    assert "resuming the interrupted training" in out
-    assert json.loads((project / "data" / "train" / "metrics.json").read_text())["step"] == 1500

@@ -10,20 +10,12 @@ import lightning.pytorch as pl
 import pytest
 import torch
 
-from conftest import TINY_TEXT
-from rnnlab import checkpoint, corpus, gradstats, training, vocab
+from rnnlab import checkpoint, gradstats, training, vocab
 from rnnlab.errors import UserError
-from rnnlab.schema import GradStatsSpec
 from rnnlab.lit import OptimSpec
 from rnnlab.model import RNNLM, ModelSpec
+from rnnlab.schema import GradStatsSpec
 from rnnlab.tracking import TrackingSpec
-
-
-@pytest.fixture
-def vocab_dir(tmp_path: Path, fresh_mlflow_db) -> Path:
-    texts = corpus.split(TINY_TEXT * 3, corpus.CorpusSpec(source="file", path="x"))
-    vocab.build_and_encode(texts, vocab.VocabSpec(level="char"), False, tmp_path / "vocab")
-    return tmp_path / "vocab"
 
 
 def tiny_job(vocab_dir: Path, tmp_path: Path, **trainer) -> training.TrainJob:

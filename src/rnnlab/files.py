@@ -9,12 +9,15 @@ stage's next run (`remove_leftovers`).
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import os
 import tempfile
 from pathlib import Path
 from typing import Any, Callable
+
+from rnnlab.errors import UserError
 
 UMASK = os.umask(0o022)
 os.umask(UMASK)  # read the process umask once (os.umask can only read it by setting it)
@@ -33,8 +36,11 @@ def atomic_write(path: str | Path, write: Callable[[Any], None], mode: str = "w"
             fh.flush()
             os.fsync(fh.fileno())
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as err:
         Path(tmp).unlink(missing_ok=True)
+        if isinstance(err, OSError) and err.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG):
+            raise UserError(f"cannot write {path}: {err.strerror}; free some space and run again "
+                            "(the previous version of the file is kept)") from None
         raise
 
 

@@ -25,6 +25,7 @@ from filelock import FileLock
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf, open_dict
 
+from rnnlab.errors import UserError, entry_point
 from rnnlab.tracking import TrackingSpec, params_hash, tracking_uri
 
 PARENT_ENV = "RNNLAB_PARENT_RUN_ID"
@@ -52,6 +53,7 @@ class ParentRun(Callback):
     """One MLflow parent run per multirun; the jobs' runs are its children."""
 
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
+        entry_point(claim)(Path(config.hydra.sweep.dir))  # a clash is one line and exit 2, as everywhere
         client, spec = client_for(config)
         experiment = client.get_experiment_by_name(spec.experiment)
         experiment_id = experiment.experiment_id if experiment else client.create_experiment(spec.experiment)
@@ -74,6 +76,17 @@ class ParentRun(Callback):
         client.log_artifacts(run_id, str(out), "report")
         client.set_terminated(run_id)
         print(f"report: {out / 'report.md'}", flush=True)
+
+
+def claim(sweep_dir: Path) -> None:
+    """Make `sweep_dir` this sweep's own: two sweeps never write into each other's jobs. Its name has the
+    start time to the microsecond; should two sweeps still get the same one, the second stops here."""
+    sweep_dir.mkdir(parents=True, exist_ok=True)
+    try:
+        os.close(os.open(sweep_dir / ".sweep", os.O_CREAT | os.O_EXCL | os.O_WRONLY))
+    except FileExistsError:
+        raise UserError(f"the sweep folder {sweep_dir} belongs to another sweep; start this one again "
+                        "(or give hydra.sweep.dir=<a new folder>)") from None
 
 
 def job_params(cfg: DictConfig, job_dir: Path, overrides: list[str], n_jobs: int) -> DictConfig:

@@ -85,13 +85,15 @@ STORE_FIX = ("check that it exists and is writable (or that the server runs), or
 
 
 @contextlib.contextmanager
-def store_errors(uri: str):
-    """Turn a failing MLflow store (database deleted or read-only, server gone) into one UserError line."""
+def store_errors(uri: str, also: tuple[type[BaseException], ...] = ()):
+    """Turn a failing MLflow store (database deleted, read-only or not a database, server gone) into one
+    UserError line. `also`: more exception types that can only come from the store where it is used."""
     from mlflow.exceptions import MlflowException
+    from sqlalchemy.exc import SQLAlchemyError
 
     try:
         yield
-    except MlflowException as err:
+    except (MlflowException, SQLAlchemyError, *also) as err:
         first = (str(err).strip().splitlines() or ["no message"])[0][:200]
         raise UserError(f"the MLflow store {uri} failed ({first}); {STORE_FIX}") from None
 

@@ -124,7 +124,7 @@ def open_run(job: TrainJob, ckpt_dir: Path, phash: str):
     uri = tracking_uri(job.tracking)
     resume = resume_point(ckpt_dir, phash)
     run_id = resume[1] if resume else None
-    with store_errors(uri):
+    with store_errors(uri, also=(OSError,)):  # here only MLflow touches files
         if run_id and not run_exists(job.tracking, run_id):
             print(f"note: the MLflow run {run_id} of the interrupted training is gone from {uri}; "
                   "logging to a new run", file=sys.stderr)

@@ -13,13 +13,14 @@ import tempfile
 from pathlib import Path
 
 from rnnlab.config import section
-from rnnlab.files import write_json
+from rnnlab.files import remove_leftovers, write_json
 from rnnlab.vocab import VocabDir
 
 
 def run(params) -> dict:
     from rnnlab import checkpoint, scoring, tracking  # torch after the cheap checks
 
+    remove_leftovers(params.paths.eval)
     vocab_dir = VocabDir(params.paths.vocab)
     vocab, model, meta = checkpoint.load_trained(vocab_dir.path, f"{params.paths.train}/model")
     stats = vocab_dir.stats()["splits"]

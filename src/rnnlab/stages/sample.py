@@ -10,12 +10,15 @@ from pathlib import Path
 
 from rnnlab import corpus
 from rnnlab.config import section, with_overrides
+from rnnlab.files import remove_leftovers
 
 
 def run(params, overrides: list[str] = ()) -> dict:
     from rnnlab import checkpoint, sampling, tracking  # torch after the cheap checks
 
     params = with_overrides(params, list(overrides))
+    if not overrides:
+        remove_leftovers(params.paths.samples)
     spec = section(params, sampling.SampleSpec, "sample")
     model_path = params.sample.checkpoint or f"{params.paths.train}/model"
     vocab, model, meta = checkpoint.load_trained(params.paths.vocab, model_path)

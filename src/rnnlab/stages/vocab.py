@@ -4,10 +4,12 @@ from __future__ import annotations
 
 from rnnlab import corpus
 from rnnlab.config import section
+from rnnlab.files import remove_leftovers
 from rnnlab.vocab import VocabSpec, build_and_encode
 
 
 def run(params) -> dict:
+    remove_leftovers(params.paths.vocab)
     texts = {name: corpus.read_split(params.paths.prepared, name) for name in corpus.SPLITS}
     stats = build_and_encode(texts, section(params, VocabSpec, "vocab"), params.corpus.format == "lines",
                              params.paths.vocab)

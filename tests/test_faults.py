@@ -1,0 +1,293 @@
+"""Fault injection: each fault found by trying to break rnnlab, reproduced, with what must happen instead.
+
+Every case ends in a one-line error with exit status 2, or in a clean recovery: no lost outputs, no
+manual delete, no MLflow run left RUNNING. Most cases train in-process (a crash is an exception raised
+by a callback at a given step); kill -9, `dvc repro` and two sweeps at once run as real processes. The
+whole suite is in the slow tier (`pytest -q` and CI run it).
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import random
+import signal
+import sqlite3
+import subprocess
+import time
+from pathlib import Path
+
+import lightning.pytorch as pl
+import pytest
+import torch
+
+from conftest import BIN, TINY, run
+from rnnlab import training
+from rnnlab.errors import UserError
+from test_training import tiny_job
+
+pytestmark = pytest.mark.slow
+
+
+class Crash(pl.Callback):
+    """Stands for a killed process at a given step (in-process: an exception)."""
+
+    def __init__(self, step: int, exc: BaseException | None = None) -> None:
+        self.step, self.exc = step, exc or RuntimeError("simulated crash")
+
+    def on_train_batch_end(self, trainer, *args) -> None:
+        if trainer.global_step == self.step:
+            raise self.exc
+
+
+def crashed(vocab_dir: Path, tmp_path: Path, step: int = 25, **trainer) -> Path:
+    """A training of 30 steps (validation every 10) that died at `step`; returns its checkpoint folder."""
+    job = tiny_job(vocab_dir, tmp_path, **trainer)
+    job.callbacks = [Crash(step)]
+    with pytest.raises(RuntimeError, match="simulated crash"):
+        training.train(job)
+    return tmp_path / "train" / "checkpoints"
+
+
+def statuses(tmp_path: Path) -> list[str]:
+    return [s for (s,) in sqlite3.connect(tmp_path / "mlflow.db").execute("select status from runs")]
+
+
+def truncate(path: Path) -> None:
+    path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+
+
+# --- interrupted training never gets stuck -------------------------------------------------------------
+
+
+def test_truncated_last_ckpt_falls_back_to_best(vocab_dir, tmp_path, capsys):
+    ckpts = crashed(vocab_dir, tmp_path)
+    truncate(ckpts / "last.ckpt")
+    metrics = training.train(tiny_job(vocab_dir, tmp_path))
+    err = capsys.readouterr().err
+    assert f"note: {ckpts / 'last.ckpt'} cannot be read" in err
+    assert metrics["step"] == 30 and statuses(tmp_path) == ["FINISHED"]  # the same run, continued
+
+
+def test_no_readable_checkpoint_starts_afresh(vocab_dir, tmp_path, capsys):
+    ckpts = crashed(vocab_dir, tmp_path)
+    truncate(ckpts / "last.ckpt")
+    (ckpts / "best.ckpt").write_bytes(b"")
+    assert training.train(tiny_job(vocab_dir, tmp_path))["step"] == 30
+    assert f"no readable checkpoint in {ckpts}; starting afresh" in capsys.readouterr().err
+
+
+def test_truncated_run_json_starts_afresh(vocab_dir, tmp_path, capsys):
+    ckpts = crashed(vocab_dir, tmp_path)
+    truncate(ckpts / "run.json")
+    assert training.train(tiny_job(vocab_dir, tmp_path))["step"] == 30
+    assert "run.json cannot be read" in capsys.readouterr().err
+    assert statuses(tmp_path) == ["FAILED", "FINISHED"]  # the crashed run is marked, a new one finished
+
+
+def test_full_disk_keeps_the_previous_checkpoint_and_says_so(vocab_dir, tmp_path, monkeypatch):
+    real_save, saves = torch.save, []
+
+    def save(obj, fh, *args, **kwargs):  # at step 20, best.ckpt is written, then last.ckpt hits a full disk
+        saves.append(obj.get("global_step"))
+        if saves.count(20) == 2:
+            fh.write(b"PK\x03\x04 half a checkpoint")
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real_save(obj, fh, *args, **kwargs)
+
+    monkeypatch.setattr(torch, "save", save)
+    with pytest.raises(UserError, match=r"cannot write .*last\.ckpt: No space left on device; free some space"):
+        training.train(tiny_job(vocab_dir, tmp_path))
+    ckpts = tmp_path / "train" / "checkpoints"
+    assert torch.load(ckpts / "last.ckpt", weights_only=True)["global_step"] == 10  # the previous one, intact
+    assert not list(ckpts.glob(".*.tmp")) and statuses(tmp_path) == ["FAILED"]
+    monkeypatch.setattr(torch, "save", real_save)
+    assert training.train(tiny_job(vocab_dir, tmp_path))["step"] == 30  # resumes from step 10
+
+
+class Payload:
+    """What a crafted checkpoint would run when unpickled."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self):
+        return (Path.touch, (self.marker,))
+
+
+def test_a_pickled_payload_in_last_ckpt_never_runs(vocab_dir, tmp_path, monkeypatch, capsys):
+    ckpts = crashed(vocab_dir, tmp_path)
+    marker = tmp_path / "payload-ran"
+    with open(ckpts / "last.ckpt", "wb") as fh:
+        torch.save({"rnnlab": Payload(marker)}, fh)
+    monkeypatch.setenv("TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD", "1")  # would make torch's default unpickle anything
+    assert training.train(tiny_job(vocab_dir, tmp_path))["step"] == 30
+    assert not marker.exists()
+    assert "last.ckpt cannot be read (Weights only load failed" in capsys.readouterr().err
+
+
+def test_a_deleted_mlflow_database_means_a_new_run(vocab_dir, tmp_path):
+    crashed(vocab_dir, tmp_path)
+    (tmp_path / "mlflow.db").unlink()
+    rerun = ("import sys; from pathlib import Path; from test_training import tiny_job; from rnnlab import training; "
+             "training.train(tiny_job(Path(sys.argv[1]), Path(sys.argv[2])))")  # a new process, as `dvc repro`
+    proc = run(["python", "-c", rerun, str(vocab_dir), str(tmp_path)], tmp_path,
+               env={"PYTHONPATH": str(Path(__file__).parent)})
+    assert f"of the interrupted training is gone from sqlite:///{tmp_path}/mlflow.db; logging to a new run" in proc.stderr
+    assert statuses(tmp_path) == ["FINISHED"]
+
+
+def test_leftover_temporary_files_are_removed_and_outputs_follow_the_umask(vocab_dir, tmp_path):
+    leftover = tmp_path / "train" / "model" / ".model.pt.x1y2.tmp"
+    leftover.parent.mkdir(parents=True)
+    leftover.write_bytes(b"from a killed run")
+    old = os.umask(0o022)
+    try:
+        training.train(tiny_job(vocab_dir, tmp_path, max_steps=10))
+    finally:
+        os.umask(old)
+    assert not leftover.exists()
+    for name in ("metrics.json", "model/model.pt", "checkpoints/last.ckpt"):
+        assert (tmp_path / "train" / name).stat().st_mode & 0o777 == 0o644, name
+
+
+# --- the MLflow run always ends with its real status -----------------------------------------------------
+
+
+def test_a_crash_marks_the_run_failed_and_ctrl_c_killed(vocab_dir, tmp_path):
+    crashed(vocab_dir, tmp_path / "crash")
+    assert statuses(tmp_path / "crash") == ["FAILED"]
+
+    job = tiny_job(vocab_dir, tmp_path / "ctrl-c")
+    job.callbacks = [Crash(15, KeyboardInterrupt())]
+    handler = signal.getsignal(signal.SIGINT)
+    try:
+        with pytest.raises(SystemExit):  # Lightning shuts down gracefully, then exits
+            training.train(job)
+    finally:
+        signal.signal(signal.SIGINT, handler)  # Lightning ignores further Ctrl-C while shutting down
+    assert statuses(tmp_path / "ctrl-c") == ["KILLED"]
+
+
+def test_a_crash_before_training_starts_marks_the_run_failed(vocab_dir, tmp_path):
+    (vocab_dir / "vocab.json").unlink()
+    with pytest.raises(UserError, match="dvc repro vocab"):
+        training.train(tiny_job(vocab_dir, tmp_path))
+    assert statuses(tmp_path) == ["FAILED"]
+
+
+def test_a_broken_mlflow_store_is_one_line(vocab_dir, tmp_path):
+    (tmp_path / "mlflow.db").write_text("not a database")
+    with pytest.raises(UserError, match=r"^the MLflow store sqlite:///.* failed \(.*file is not a database.*\); check"):
+        training.train(tiny_job(vocab_dir, tmp_path))
+
+
+# --- wrong types never crash -------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("override, message", [
+    ("trainer.max_steps=abc", "trainer.max_steps='abc': expected an integer"),
+    ("trainer.max_steps=0", "trainer.max_steps=0 trains nothing; give at least 1 (or -1 with trainer.max_time)"),
+    ("model.hidden_size=abc", "model.hidden_size='abc': expected an integer"),
+    ("model.hidden_size=2.5", "model.hidden_size=2.5: expected an integer"),
+    ("corpus.max_chars=lots", "corpus.max_chars='lots': expected an integer or null"),
+    ("optim.lr=fast", "optim.lr='fast': expected a number"),
+])
+def test_wrong_types_in_overrides_are_one_line_and_write_nothing(tmp_path, override, message):
+    (tmp_path / "conf").symlink_to(Path(__file__).resolve().parents[1] / "conf")
+    proc = run(["python", "-m", "rnnlab.config", override], tmp_path, check=False)
+    assert (proc.returncode, proc.stderr) == (2, f"error: {message}\n")
+    assert not (tmp_path / "params.yaml").exists()
+
+
+def test_wrong_types_in_params_yaml_stop_before_anything_is_touched(tmp_path):
+    repo = Path(__file__).resolve().parents[1]
+    for name in ("conf", "dvc.yaml"):
+        (tmp_path / name).symlink_to(repo / name)
+    run(["python", "-m", "rnnlab.config"], tmp_path)
+    params = tmp_path / "params.yaml"
+    params.write_text(params.read_text().replace("hidden_size: 256", "hidden_size: big"))
+    ckpt = tmp_path / "data" / "train" / "checkpoints" / "best.ckpt"
+    ckpt.parent.mkdir(parents=True)
+    ckpt.write_bytes(b"a finished run's checkpoint")
+    for script in ("train", "prepare", "params"):
+        proc = run(["python", f"{repo}/pipeline/{script}.py"], tmp_path, check=False)
+        assert (proc.returncode, proc.stderr) == (2, "error: model.hidden_size='big': expected an integer\n")
+    assert ckpt.read_bytes() == b"a finished run's checkpoint" and not (tmp_path / "mlflow.db").exists()
+
+    params.write_text(params.read_text().replace("hidden_size: big", "hidden_size: 256").replace(
+        "temperature: 0.8", "temperature: [0.8"))
+    proc = run(["python", f"{repo}/pipeline/sample.py"], tmp_path, check=False)
+    assert proc.returncode == 2 and proc.stderr.startswith("error: params.yaml is not valid YAML (")
+    assert len(proc.stderr.splitlines()) == 1
+
+
+def test_a_wrong_type_in_a_sample_override_is_one_line(tmp_path):
+    repo = Path(__file__).resolve().parents[1]
+    (tmp_path / "conf").symlink_to(repo / "conf")
+    run(["python", "-m", "rnnlab.config"], tmp_path)
+    proc = run(["python", f"{repo}/pipeline/sample.py", "sample.temperature=hot"], tmp_path, check=False)
+    assert (proc.returncode, proc.stderr) == (2, "error: sample.temperature='hot': expected a number\n")
+
+
+# --- end to end: kill -9 and dvc repro, two sweeps at once, a hand-edited params.yaml ----------------------
+
+
+def train_csvs(project: Path) -> dict[str, str]:
+    out = project / "data" / "train"
+    return {name: (out / name).read_text() for name in ("metrics.json", "val.csv", "loss.csv", "grad_norm.csv")}
+
+
+def test_kill_9_at_a_random_step_then_dvc_repro_gives_the_uninterrupted_numbers(project, tmp_path):
+    overrides = [*TINY, "trainer.max_steps=600", "trainer.val_check_interval=50", "gradstats.samples=0",
+                 "model.dropout=0.0"]
+    run(["python", "-m", "rnnlab.config", *overrides], project)
+    reference = tmp_path / "reference"
+    run(["cp", "-a", str(project), str(reference)], tmp_path)
+    run(["dvc", "repro", "train"], reference)
+
+    env = {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}"}
+    proc = subprocess.Popen(["dvc", "repro", "train"], cwd=project, env=env, start_new_session=True,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    last = project / "data" / "train" / "checkpoints" / "last.ckpt"
+    deadline = time.time() + 120
+    while not last.exists() and time.time() < deadline and proc.poll() is None:
+        time.sleep(0.02)
+    time.sleep(random.uniform(0, 1.5))  # somewhere after the first checkpoint, between two of them
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert last.exists() and not (project / "data" / "train" / "metrics.json").exists(), "killed too late"
+
+    out = run(["dvc", "repro", "train"], project).stdout
+    assert "resuming the interrupted training" in out
+    assert train_csvs(project) == train_csvs(reference)  # to the last digit
+
+
+def test_two_sweeps_started_together_never_share_a_folder(project):
+    run(["python", "-m", "rnnlab.config", *TINY], project)
+    args = ["python", "pipeline/sweep.py", "-m", *TINY, "trainer.max_steps=5", "trainer.val_check_interval=5",
+            "model=rnn,gru"]
+    env = {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}", "OMP_NUM_THREADS": "1"}
+    procs = [subprocess.Popen(args, cwd=project, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                              text=True) for _ in range(2)]
+    outs = [p.communicate(timeout=600)[0] for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], outs
+    folders = sorted(p for p in (project / "multirun").iterdir() if p.is_dir())
+    assert len(folders) == 2
+    for folder in folders:
+        assert sorted(j.name for j in folder.iterdir() if j.name.isdigit()) == ["0", "1"]
+        assert all((folder / j / "eval" / "metrics.json").exists() for j in ("0", "1"))
+
+
+def test_a_hand_edited_params_yaml_keeps_the_outputs_of_dvc_repro(project):
+    run(["python", "-m", "rnnlab.config", *TINY], project)
+    run(["dvc", "repro"], project)
+    model = project / "data" / "train" / "model" / "model.pt"
+    before = model.read_bytes()
+    params = project / "params.yaml"
+    params.write_text(params.read_text().replace("hidden_size: 16", "hidden_size: big"))
+    proc = run(["dvc", "repro"], project, check=False)
+    assert proc.returncode != 0
+    assert "error: model.hidden_size='big': expected an integer" in proc.stderr
+    assert "Traceback" not in proc.stderr + proc.stdout
+    assert model.read_bytes() == before
