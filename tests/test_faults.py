@@ -24,19 +24,23 @@ import torch
 from conftest import BIN, TINY, run
 from rnnlab import training
 from rnnlab.errors import UserError
+from rnnlab.tracking import TrackingSpec
+from test_mlflow_ui import mlflow_server_control, restore_mlflow_uri  # noqa: F401  (fixtures)
 from test_training import tiny_job
 
 pytestmark = pytest.mark.slow
 
 
 class Crash(pl.Callback):
-    """Stands for a killed process at a given step (in-process: an exception)."""
+    """Stands for a killed process at a given step (in-process: an exception), or calls `action` there."""
 
-    def __init__(self, step: int, exc: BaseException | None = None) -> None:
-        self.step, self.exc = step, exc or RuntimeError("simulated crash")
+    def __init__(self, step: int, exc: BaseException | None = None, action=None) -> None:
+        self.step, self.exc, self.action = step, exc or RuntimeError("simulated crash"), action
 
     def on_train_batch_end(self, trainer, *args) -> None:
         if trainer.global_step == self.step:
+            if self.action:
+                return self.action()
             raise self.exc
 
 
@@ -180,6 +184,17 @@ def test_a_broken_mlflow_store_is_one_line(vocab_dir, tmp_path):
     (tmp_path / "mlflow.db").write_text("not a database")
     with pytest.raises(UserError, match=r"^the MLflow store sqlite:///.* failed \(.*file is not a database.*\); check"):
         training.train(tiny_job(vocab_dir, tmp_path))
+
+
+def test_an_mlflow_server_gone_mid_run_is_one_line(vocab_dir, tmp_path, mlflow_server_control, restore_mlflow_uri,
+                                                   monkeypatch):
+    url, stop = mlflow_server_control
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")  # fail at once instead of retrying for minutes
+    job = tiny_job(vocab_dir, tmp_path / "run")
+    job.tracking = TrackingSpec(uri=url)
+    job.callbacks = [Crash(12, action=stop)]  # the server goes away at step 12; step 15 logs metrics
+    with pytest.raises(UserError, match=rf"^the MLflow store {url} failed \(.+\); check that it exists"):
+        training.train(job)
 
 
 # --- wrong types never crash -------------------------------------------------------------------------------

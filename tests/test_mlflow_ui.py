@@ -54,8 +54,15 @@ def free_port() -> int:
 
 
 @pytest.fixture
-def mlflow_server(tmp_path: Path):
-    """`mlflow server` on a free loopback port; yields its base URL; the whole process group is stopped after."""
+def mlflow_server(mlflow_server_control):
+    """`mlflow server` on a free loopback port; yields its base URL."""
+    yield mlflow_server_control[0]
+
+
+@pytest.fixture
+def mlflow_server_control(tmp_path: Path):
+    """`mlflow server` on a free loopback port; yields its base URL and a function that stops it (the test may
+    stop it early); the whole process group is stopped after."""
     port = free_port()
     log = tmp_path / "mlflow-server.log"
     cmd = [str(MLFLOW), "server", "--host", "127.0.0.1", "--port", str(port), "--workers", "1",
@@ -99,7 +106,7 @@ def mlflow_server(tmp_path: Path):
                 pytest.fail(f"mlflow server did not answer /health within {SERVER_START_S} s:\n"
                             f"{log.read_text(errors='replace')[-3000:]}")
             time.sleep(0.5)
-        yield url
+        yield url, stop
     finally:
         stop()
 

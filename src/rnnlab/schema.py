@@ -338,21 +338,30 @@ SECTIONS = {"corpus": CorpusSpec, "vocab": VocabSpec, "model": ModelSpec, "optim
             "evaluate": EvaluateSpec}
 
 
+T = typing.TypeVar("T")
+
+
+def build(cls: type[T], key: str, values: dict) -> T:
+    """The dataclass `cls` from the section `key` (a plain dict; `name`, the group option, is left out)."""
+    values = {k: v for k, v in values.items() if k != "name"}
+    known = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(values) - known)
+    if unknown:
+        raise UserError(f"unknown key {key}.{unknown[0]}; valid keys of {key}: {', '.join(sorted(known))}")
+    missing = [k for k, v in values.items() if v == "???"]
+    if missing:
+        raise UserError(f"{key}.{missing[0]} must be set: add {key}.{missing[0]}=<value> to your overrides")
+    return cls(**values)
+
+
 def validate(params: dict) -> None:
     """Check every section of a composed config (a plain dict); the first problem is one UserError."""
     for key, cls in SECTIONS.items():
         if key not in params:
             raise UserError(f"params.yaml has no `{key}` section; recompose it: python -m rnnlab.config")
-        values = {k: v for k, v in params[key].items() if k != "name"}
-        known = {f.name for f in dataclasses.fields(cls)}
+        values = params[key]
         if cls is TrainerSpec:  # more Lightning arguments may be given; training checks them
-            values = {k: v for k, v in values.items() if k in known}
-        unknown = sorted(set(values) - known)
-        if unknown:
-            raise UserError(f"unknown key {key}.{unknown[0]}; valid keys of {key}: {', '.join(sorted(known))}")
-        missing = [k for k, v in values.items() if v == "???"]
-        if missing:
-            raise UserError(f"{key}.{missing[0]} must be set: add {key}.{missing[0]}=<value> to your overrides")
-        cls(**values)
+            values = {k: v for k, v in values.items() if k in {f.name for f in dataclasses.fields(cls)}}
+        build(cls, key, values)
     top = {f.name for f in dataclasses.fields(TopLevel)}
     TopLevel(**{k: v for k, v in params.items() if k in top})
