@@ -280,13 +280,14 @@ def test_kill_9_at_a_random_step_then_dvc_repro_gives_the_uninterrupted_numbers(
 
 def test_two_sweeps_started_together_never_share_a_folder(project):
     run(["python", "-m", "rnnlab.config", *TINY], project)
+    # No mlflow.db yet: both sweeps create it (tracking.ensure_experiment lets one go first).
     args = ["python", "pipeline/sweep.py", "-m", *TINY, "trainer.max_steps=5", "trainer.val_check_interval=5",
             "model=rnn,gru"]
     env = {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}", "OMP_NUM_THREADS": "1"}
     procs = [subprocess.Popen(args, cwd=project, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                               text=True) for _ in range(2)]
     outs = [p.communicate(timeout=600)[0] for p in procs]
-    assert [p.returncode for p in procs] == [0, 0], outs
+    assert [p.returncode for p in procs] == [0, 0], "\n\n".join(o[-3000:] for o in outs)
     folders = sorted(p for p in (project / "multirun").iterdir() if p.is_dir())
     assert len(folders) == 2
     for folder in folders:

@@ -26,7 +26,7 @@ from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from rnnlab.errors import UserError, entry_point
-from rnnlab.tracking import TrackingSpec, params_hash, tracking_uri
+from rnnlab.tracking import TrackingSpec, ensure_experiment, params_hash, tracking_uri
 
 PARENT_ENV = "RNNLAB_PARENT_RUN_ID"
 SWEPT_ENV = "RNNLAB_SWEPT_KEYS"  # what varies across the sweep: the children are named by these
@@ -55,8 +55,7 @@ class ParentRun(Callback):
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
         entry_point(claim)(Path(config.hydra.sweep.dir))  # a clash is one line and exit 2, as everywhere
         client, spec = client_for(config)
-        experiment = client.get_experiment_by_name(spec.experiment)
-        experiment_id = experiment.experiment_id if experiment else client.create_experiment(spec.experiment)
+        experiment_id = ensure_experiment(tracking_uri(spec), spec.experiment)
         sweep_dir = Path(config.hydra.sweep.dir)
         run = client.create_run(experiment_id, run_name=f"sweep {sweep_dir.name}",
                                 tags={"rnnlab.sweep_dir": str(sweep_dir.resolve())})

@@ -119,6 +119,24 @@ def end_run(logger, status: str) -> None:
         logger.experiment.set_terminated(logger.run_id, status)
 
 
+def ensure_experiment(uri: str, experiment: str) -> str:
+    """The id of `experiment`, created if need be. The first use of a new SQLite store migrates its schema,
+    and two processes doing that (or creating the experiment) at once fail: two sweeps started together,
+    parallel queued experiments. A file lock beside the database lets one go first."""
+    from filelock import FileLock
+    from mlflow.tracking import MlflowClient
+
+    lock = contextlib.nullcontext()
+    if uri.startswith("sqlite:///"):
+        db = Path(uri[len("sqlite:///"):])
+        db.parent.mkdir(parents=True, exist_ok=True)
+        lock = FileLock(f"{db}.lock")
+    with lock:
+        client = MlflowClient(uri)
+        found = client.get_experiment_by_name(experiment)
+        return found.experiment_id if found else client.create_experiment(experiment)
+
+
 def make_logger(spec: TrackingSpec, params: dict, run_id: str | None = None):
     """A Lightning MLFlowLogger on the resolved URI, tagged; `run_id` continues a resumed run."""
     from lightning.pytorch.loggers import MLFlowLogger

@@ -35,7 +35,7 @@ from rnnlab.lit import LitLM, OptimSpec
 from rnnlab.model import ModelSpec
 from rnnlab.schema import DataSpec, GradStatsSpec, TrainerSpec
 from rnnlab.scoring import batchify
-from rnnlab.tracking import (TrackingSpec, end_run, make_logger, params_hash, run_exists, store_errors,
+from rnnlab.tracking import (TrackingSpec, end_run, ensure_experiment, make_logger, params_hash, run_exists, store_errors,
                              tracking_uri)
 from rnnlab.vocab import VocabDir
 
@@ -125,6 +125,7 @@ def open_run(job: TrainJob, ckpt_dir: Path, phash: str):
     resume = resume_point(ckpt_dir, phash)
     run_id = resume[1] if resume else None
     with store_errors(uri, also=(OSError,)):  # here only MLflow touches files
+        ensure_experiment(uri, job.tracking.experiment)
         if run_id and not run_exists(job.tracking, run_id):
             print(f"note: the MLflow run {run_id} of the interrupted training is gone from {uri}; "
                   "logging to a new run", file=sys.stderr)
