@@ -7,9 +7,7 @@ rnnlab.stages.sample.run.
     python pipeline/sample.py sample.checkpoint=data/train/checkpoints/last.ckpt
 """
 
-import sys
-
 from rnnlab.stages import main, sample
 
 if __name__ == "__main__":
-    main(sample.run, sys.argv[1:])
+    main(sample.run, overrides=True)

@@ -29,7 +29,8 @@ def job(cfg: DictConfig) -> float:
         cfg.pop("hydra", None)
     params = sweep.job_params(cfg, Path(hc.runtime.output_dir), list(hc.overrides.task),
                               hc.launcher.get("n_jobs", 1) or 1)
-    return entry_point(sweep.run_job)(params)  # a user error ends the job with one line, exit 2
+    with sweep.prefixed_output(f"[job {hc.job.num} {params.tracking.run_name}] "):  # parallel logs interleave
+        return entry_point(sweep.run_job)(params)  # a user error ends the job with one line, exit 2
 
 
 @entry_point

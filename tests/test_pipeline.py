@@ -67,6 +67,64 @@ def test_a_run_shorter_than_the_validation_interval_completes_all_stages(project
     assert json.loads((project / "data" / "eval" / "metrics.json").read_text())["test"]["loss"] > 0
 
 
+def test_returning_to_a_trained_variant_restores_it_from_the_run_cache(project):
+    """default -> model=rnn -> default: the default's training comes back from DVC's run cache, untrained."""
+    import time
+
+    default = [*TINY, "trainer.max_steps=150", "trainer.val_check_interval=50"]
+    run(["python", "-m", "rnnlab.config", *default], project)
+    start = time.perf_counter()
+    run(["dvc", "repro"], project)
+    trained = time.perf_counter() - start
+    outputs = {p: p.read_bytes() for p in (project / "data" / "train").rglob("*") if p.is_file()
+               and "checkpoints" not in p.parts}
+    run(["python", "-m", "rnnlab.config", *default, "model=rnn"], project)
+    run(["dvc", "repro"], project)
+    run(["python", "-m", "rnnlab.config", *default], project)
+    start = time.perf_counter()
+    out = run(["dvc", "repro"], project).stdout
+    back = time.perf_counter() - start
+    assert "Stage 'train' is cached - skipping run, checking out outputs" in out, out
+    assert "> python pipeline/train.py" not in out
+    assert {p: p.read_bytes() for p in outputs} == outputs  # model, metrics, plots: the default's, restored
+    assert back < trained / 3, (back, trained)
+
+
+def test_the_committed_dvc_lock_matches_the_code(project):
+    """On a clean checkout `dvc status` may miss outputs, never find code, config or params changed."""
+    import shutil
+
+    from conftest import REPO
+
+    shutil.copy(REPO / "dvc.lock", project / "dvc.lock")
+    status = json.loads(run(["dvc", "status", "--json"], project).stdout)
+    stale = {stage: entry for stage, entries in status.items() for entry in entries if isinstance(entry, dict)
+             for kind, changes in entry.items() if kind == "changed params" or (kind == "changed deps" and any(
+                 path.startswith(("src/", "pipeline/", "conf", "params.yaml")) for path in changes))}
+    assert not stale, f"dvc.lock is out of date (run `dvc repro` and commit it): {stale}"
+
+
+COMPARE = ("dvc exp show --no-pager --csv --only-changed --sort-by val_loss --sort-order asc \\\n"
+           "  --drop '^(?!(Experiment|val_loss|val_ppl|val_bpc|test\\.loss|test\\.ppl|test\\.bpc|clip_fraction|"
+           "(model|trainer|optim|vocab|corpus)\\.(?!name$).+)$).*' \\\n  | column -t -s, -o ' '")
+
+
+def test_the_readme_comparison_of_three_experiments_fits_120_columns(project):
+    from conftest import REPO
+
+    assert COMPARE in (REPO / "README.md").read_text()  # the command users copy
+    run(["python", "-m", "rnnlab.config", *TINY], project)
+    run([*GIT, "commit", "-qam", "tiny"], project)
+    for variant in ("model=gru", "model=rnn", "trainer.gradient_clip_val=0"):
+        run(["dvc", "exp", "run", *[a for o in [*TINY, variant] for a in ("-S", o)]], project)
+    table = run(["bash", "-c", COMPARE], project).stdout.splitlines()
+    assert max(map(len, table)) <= 120, table
+    assert len(table[0].split()) == 10 and table[0].split()[:8] == ["Experiment", "val_loss", "val_ppl", "val_bpc", "clip_fraction", "test.loss",
+                                    "test.ppl", "test.bpc"]
+    assert {"model.cell", "trainer.gradient_clip_val"} <= set(table[0].split())  # the params that vary
+    assert sum(1 for line in table[1:] if len(line.split()) == 10) == 3, table  # three named experiments, all values
+
+
 def test_dvc_exp_run_builds_a_word_model(project):
     run(["python", "-m", "rnnlab.config", *TINY], project)
     run([*GIT, "commit", "-qam", "tiny"], project)

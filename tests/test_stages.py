@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import ast
 import csv
+import re
 import sqlite3
 
 import pytest
@@ -42,7 +43,13 @@ def test_final_val_loss_equals_evaluate_on_the_val_split(tmp_path, in_repo, fres
     voc, model, _ = checkpoint.load_trained(params.paths.vocab, tmp_path / "data" / "train" / "model")
     again = scoring.score_stream(model, VocabDir(params.paths.vocab).ids("val"), 4, 8)
     assert float(row["val_loss"]) == again["loss"] and round(again["loss"], 6) == result["val"]["loss"]
-    assert "lr-Adam" in {k for (k,) in db.execute("select distinct key from metrics")}  # the config's callback
+    keys = {k for (k,) in db.execute("select distinct key from metrics")}
+    assert "lr-Adam" in keys  # the config's callback
+    assert {"best/val_loss", "best/val_bpc", "best/best_step"} <= keys  # the summary: the saved model's
+    (name,) = db.execute("select name from runs").fetchone()
+    assert re.fullmatch(r"gru-char-h16-clip1\.0-[0-9a-f]{4}", name), name  # what ran, and unique
+    tags = dict(db.execute("select key, value from tags where key like 'rnnlab.%'").fetchall())
+    assert {"rnnlab.cell": "gru", "rnnlab.level": "char", "rnnlab.corpus": "file", "rnnlab.clip": "1.0"}.items() <= tags.items()
 
 
 def test_bad_callback_entries_are_one_line_user_errors():
@@ -50,6 +57,18 @@ def test_bad_callback_entries_are_one_line_user_errors():
         "LearningRateMonitor"
     with pytest.raises(UserError, match=r"^callbacks: .*_target_"):
         user_callbacks([{"_target_": "no.such.Callback"}])
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("stage", ["params", "prepare", "vocab", "train", "sample", "evaluate"])
+def test_every_stage_script_has_help_and_refuses_stray_arguments(stage):
+    from conftest import run
+
+    proc = run(["python", f"pipeline/{stage}.py", "--help"], REPO)
+    assert proc.stdout.startswith(f"Stage `{stage}`") and "model:       gru, lstm, rnn" in proc.stdout
+    if stage != "sample":  # sample takes key=value overrides for an interactive look
+        proc = run(["python", f"pipeline/{stage}.py", "model=rnn"], REPO, check=False)
+        assert proc.returncode == 2 and proc.stderr.startswith("error: 'model=rnn': this stage takes no arguments")
 
 
 @pytest.mark.parametrize("script", sorted((REPO / "pipeline").glob("*.py")), ids=lambda p: p.name)

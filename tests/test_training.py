@@ -36,7 +36,8 @@ def test_training_writes_model_metrics_plots_and_mlflow_run(vocab_dir, tmp_path)
     out = tmp_path / "train"
     assert metrics["step"] == 30 and metrics["val_loss"] < 3.0  # ln(|V|=~30) = 3.4 at the start
     assert json.loads((out / "metrics.json").read_text()) == metrics
-    assert (out / "plots" / "gradient_through_time.png").stat().st_size > 1000
+    for plot in ("gradient_through_time.png", "loss.png", "gradient_norm.png"):
+        assert (out / "plots" / plot).stat().st_size > 1000, plot
     rows = (out / "grad_norm.csv").read_text().splitlines()
     assert rows[0] == "step,pre_clip,post_clip,clip_fraction" and len(rows) == 1 + 30 // 5
     model, meta = checkpoint.load_model(out / "model", vocab.Vocab.load(vocab_dir / "vocab.json"))

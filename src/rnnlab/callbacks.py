@@ -16,6 +16,8 @@ post-clip norm is measured).
 
 from __future__ import annotations
 
+import time
+
 import torch
 from lightning.pytorch.callbacks import Callback
 
@@ -126,10 +128,14 @@ class FinalValidation(Callback):
 
 
 class LinePrinter(Callback):
-    """Quiet, line-based progress for CI and DVC logs (a Rich bar is used in a terminal)."""
+    """Quiet, line-based progress for CI and DVC logs (a Rich bar is used in a terminal):
+    step, loss, last validation, tokens/s and the time left at the pace so far."""
 
     def __init__(self, every: int) -> None:
-        self.every = max(every, 1)
+        self.every, self.start = max(every, 1), None
+
+    def on_train_start(self, trainer, pl_module) -> None:
+        self.start = (time.perf_counter(), trainer.global_step)  # a resumed run counts from where it resumed
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
         step = trainer.global_step
@@ -141,4 +147,12 @@ class LinePrinter(Callback):
                 parts.append(f"val {float(m['val/loss']):.3f}")
             if "train/tokens_per_s" in m:
                 parts.append(f"{float(m['train/tokens_per_s']):,.0f} tok/s")
+            parts.append(f"ETA {self.eta(trainer)}")
             print(" | ".join(parts), flush=True)
+
+    def eta(self, trainer) -> str:
+        (t0, step0), step = self.start or (time.perf_counter(), 0), trainer.global_step
+        if trainer.max_steps <= 0 or step <= step0:
+            return "?"
+        left = (time.perf_counter() - t0) / (step - step0) * (trainer.max_steps - step)
+        return f"{int(left // 60)}m{int(left % 60):02d}s"

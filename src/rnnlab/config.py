@@ -206,9 +206,24 @@ def composes_to_params(params_path: Path, conf_dir: Path) -> bool:
     return to_yaml(compose(choices, conf_dir, check=False)) == params_path.read_text(encoding="utf-8")
 
 
+def usage(conf_dir: Path = CONF_DIR) -> str:
+    """The configuration in a few lines: groups and their options, and how to change a value."""
+    groups = sorted(p.name for p in Path(conf_dir).iterdir() if p.is_dir()) if Path(conf_dir).is_dir() else []
+    lines = [f"  {g + ':':12} {', '.join(group_options(g, Path(conf_dir)))}" for g in groups]
+    return "\n".join([
+        "Configuration: params.yaml, composed from conf/ (config.yaml + one folder per group). Groups and options:",
+        *lines,
+        "Change it with `python -m rnnlab.config model=rnn trainer.gradient_clip_val=0 && dvc repro`, or",
+        "`dvc exp run -S model=rnn -S trainer.gradient_clip_val=0`. Every key: params.yaml; types: src/rnnlab/schema.py.",
+    ])
+
+
 @entry_point
 def main() -> None:
     """`python -m rnnlab.config [overrides]`: recompose params.yaml from conf/ (what `dvc exp run -S` does)."""
+    if "-h" in sys.argv[1:] or "--help" in sys.argv[1:]:
+        print(f"python -m rnnlab.config [key=value | group=option ...]: write params.yaml from conf/\n\n{usage()}")
+        return
     write_params(sys.argv[1:])
     print(f"wrote {PARAMS} from {CONF_DIR}/ with overrides: {' '.join(sys.argv[1:]) or '(none)'}")
 

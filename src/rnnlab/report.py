@@ -66,8 +66,8 @@ def row(client, run) -> dict:
         "status": run.info.status.lower(),
         "cell": p.get("model/cell", "?"), "level": p.get("vocab/level", "?"),
         "clip": f"{p.get('trainer/gradient_clip_val', 'None')} ({p.get('trainer/gradient_clip_algorithm', '')})",
-        "val ppl": m.get("val/ppl"), "test ppl": m.get("test/ppl"),
-        "val bpc": m.get("val/bpc"), "test bpc": m.get("test/bpc"),
+        "val loss (best)": m.get("best/val_loss", m.get("val/loss")), "val loss (last)": m.get("val/loss"),
+        "test loss": m.get("test/loss"), "test bpc": m.get("test/bpc"),
         "clip fraction": fmean(clip) if clip else None,
         "gtt decay": (values[-1] / values[0], distances[-1]) if values and values[0] > 0 else None,
         "sample": excerpt(client, run),
@@ -85,10 +85,12 @@ def fmt(value) -> str:
 
 
 def markdown(rows: list[dict], title: str) -> str:
-    heads = list(rows[0]) if rows else []
-    lines = [f"# {title}", "", f"{len(rows)} runs.", ""]
+    heads = [h for h in (rows[0] if rows else []) if h != "sample"]
+    lines = [f"# {title}", "", f"{len(rows)} runs. Losses in nats per token; \"best\" is the saved model's "
+             "validation, \"last\" the final one; test scores the saved model.", ""]
     lines += ["| " + " | ".join(heads) + " |", "|" + "---|" * len(heads)]
     lines += ["| " + " | ".join(fmt(r[h]) for h in heads) + " |" for r in rows]
+    lines += ["", "Samples:", ""] + [f"- {fmt(r['run'])}: {fmt(r['sample'])}" for r in rows]
     lines += ["", "![gradient through time](gradient_through_time.png)", "", "![validation loss](val_loss.png)", ""]
     return "\n".join(lines)
 

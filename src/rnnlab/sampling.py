@@ -1,8 +1,10 @@
 """Sampling novel sequences from a trained language model: the lecture's procedure with modern controls.
 
 The lecture's steps ("sampling novel sequences"):
-  1. start with a zero hidden state a<0> and a zero input x<1>; here x<1> is the `<eos>` id, the token
-     that preceded every line in training;
+  1. start with a zero hidden state a<0> and a zero input x<1>. Here x<1> is the token that precedes a
+     sequence in training, so that the model knows what to do with it: `<eos>` for line corpora and word
+     models (every line ends with it), and for a character model of running text, which never sees
+     `<eos>`, the newline, so that samples start where lines start rather than mid-word (`start_id`);
   2. run one step and draw the next token from the softmax output ŷ<1> (`np.random.choice` in the
      lecture; here inverse-CDF sampling, the distribution of `torch.multinomial` at a lower cost);
   3. feed the drawn token back as the next input x<2> = ŷ<1>, carrying the hidden state, and repeat;
@@ -11,7 +13,7 @@ The lecture's steps ("sampling novel sequences"):
 Modern controls act on the logits of step 2, in this order: divide by the `temperature` (below 1
 sharper, above 1 flatter); keep the `top_k` most likely tokens; keep the nucleus, the smallest set of
 most likely tokens whose probability reaches `top_p` (Holtzman et al., 2020); then draw, or take the
-argmax when `greedy`. A `prime` is run through the model once, after x<1>, to set the hidden state,
+argmax when `greedy` (deterministic: one sample, whatever `num_samples` says). A `prime` is run through the model once, after x<1>, to set the hidden state,
 and generation continues from it. `unk: reject` never emits `<unk>`: a row that draws it redraws with
 `<unk>` excluded, and the rejections are counted.
 
@@ -27,7 +29,7 @@ of samples.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from itertools import islice
 from pathlib import Path
 from statistics import fmean
@@ -54,15 +56,23 @@ class Sample:
 
 def sample(model: torch.nn.Module, vocab: Vocab, spec: SampleSpec) -> list[Sample]:
     """Generate `spec.num_samples` sequences as one batch (see the module docstring)."""
+    if spec.greedy:
+        spec = replace(spec, num_samples=1)  # argmax decoding gives the same text every time
     prime_ids = encode_prime(vocab, spec)
     was_training = model.training
     model.eval()
     try:
         with torch.no_grad():
-            rows, rejections = generate(model, prime_ids, spec)
+            rows, rejections = generate(model, [start_id(vocab)] + prime_ids, spec)
     finally:
         model.train(was_training)
     return [to_sample(vocab, prime_ids, row, n) for row, n in zip(rows, rejections)]
+
+
+def start_id(vocab: Vocab) -> int:
+    """x<1>: `<eos>`, or the newline for a character model of running text (see the module docstring)."""
+    running_chars = vocab.level == "char" and not vocab.newline_is_eos
+    return vocab.index["\n"] if running_chars and "\n" in vocab.index else EOS_ID
 
 
 def encode_prime(vocab: Vocab, spec: SampleSpec) -> list[int]:
@@ -78,10 +88,11 @@ def encode_prime(vocab: Vocab, spec: SampleSpec) -> list[int]:
     return [vocab.index.get(tok, UNK_ID) for tok in tokens]
 
 
-def generate(model: torch.nn.Module, prime_ids: list[int], spec: SampleSpec) -> tuple[list[list[int]], list[int]]:
-    """Rows of `max_length` drawn ids (`<eos>` after a row stops) and the `<unk>` rejections per row."""
+def generate(model: torch.nn.Module, start_ids: list[int], spec: SampleSpec) -> tuple[list[list[int]], list[int]]:
+    """Rows of `max_length` ids drawn after `start_ids` (x<1> and the prime), `<eos>` after a row stops,
+    and the `<unk>` rejections per row."""
     device = next(model.parameters(), torch.empty(0)).device
-    start = torch.tensor([EOS_ID] + prime_ids, device=device).repeat(spec.num_samples, 1)  # (B, 1 + P)
+    start = torch.tensor(start_ids, device=device).repeat(spec.num_samples, 1)  # (B, 1 + P): x<1>, then the prime
     logits, hidden = model(start, None)  # (B, 1 + P, V); hidden=None is the zero state a<0>
     gen = torch.Generator(device=logits.device).manual_seed(spec.seed)
     out = torch.full((spec.num_samples, spec.max_length), EOS_ID, dtype=torch.long, device=logits.device)

@@ -15,9 +15,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 import sys
+import threading
 from pathlib import Path
 from typing import Any, Callable
 
@@ -116,6 +118,39 @@ def once(folder: str | Path, build: Callable[[], None]) -> None:
         if not done.exists():
             build()
             done.touch()
+
+
+@contextlib.contextmanager
+def prefixed_output(prefix: str):
+    """Every line the job writes to stdout and stderr (Python's, libraries', C's) starts with `prefix`, so
+    that parallel jobs' interleaved logs can be told apart. The process's file descriptors 1 and 2 go
+    through a pipe each, read by a thread that writes the lines, prefixed, to the original stream."""
+    sys.stdout.flush()
+    sys.stderr.flush()
+    saved, pumps = {fd: os.dup(fd) for fd in (1, 2)}, []
+    for fd in (1, 2):
+        read, write = os.pipe()
+        os.dup2(write, fd)
+        os.close(write)
+        pumps.append(threading.Thread(target=pump, args=(read, saved[fd], prefix.encode()), daemon=True))
+        pumps[-1].start()
+    try:
+        yield
+    finally:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        for fd in (1, 2):
+            os.dup2(saved[fd], fd)  # closes the pipe's last write end: the pump reads EOF
+        for thread in pumps:
+            thread.join(timeout=10)
+        for fd in saved.values():
+            os.close(fd)
+
+
+def pump(read: int, out: int, prefix: bytes) -> None:
+    with os.fdopen(read, "rb") as lines:
+        for line in lines:
+            os.write(out, prefix + line)
 
 
 def run_job(params: DictConfig) -> float:

@@ -16,6 +16,7 @@ import contextlib
 import hashlib
 import json
 import os
+import secrets
 import subprocess
 import urllib.error
 import urllib.request
@@ -67,8 +68,22 @@ def git_commit() -> str | None:
     return out.stdout.strip() or None
 
 
+def default_run_name(params: dict) -> str:
+    """What ran, e.g. `gru-char-h256-clip1.0-3fa2`: cell, level, hidden size, clipping, then the DVC
+    experiment's name or a short random suffix, so that no two runs share a name unless asked to
+    (tracking.run_name)."""
+    model, trainer = params.get("model") or {}, params.get("trainer") or {}
+    level = (params.get("vocab") or {}).get("level", "?")
+    suffix = os.environ.get("DVC_EXP_NAME") or secrets.token_hex(2)  # not torch's RNG: seeded runs differ too
+    return f"{model.get('cell', '?')}-{level}-h{model.get('hidden_size', '?')}-clip{trainer.get('gradient_clip_val') or 0}-{suffix}"
+
+
 def run_tags(params: dict) -> dict[str, str]:
     tags = {"params_hash": params_hash(params), "rnnlab.stage": os.environ.get("DVC_STAGE", "")}
+    model, trainer = params.get("model") or {}, params.get("trainer") or {}
+    tags |= {"rnnlab.cell": str(model.get("cell", "")), "rnnlab.level": str((params.get("vocab") or {}).get("level", "")),
+             "rnnlab.corpus": str((params.get("corpus") or {}).get("source", "")),
+             "rnnlab.clip": str(trainer.get("gradient_clip_val") if "gradient_clip_val" in trainer else "")}
     commit = git_commit()
     if commit:
         tags["mlflow.source.git.commit"] = commit

@@ -18,7 +18,7 @@ import math
 import pickle
 import shutil
 import sys
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import lightning.pytorch as pl
@@ -35,7 +35,7 @@ from rnnlab.lit import LitLM, OptimSpec
 from rnnlab.model import ModelSpec
 from rnnlab.schema import DataSpec, GradStatsSpec, TrainerSpec
 from rnnlab.scoring import batchify
-from rnnlab.tracking import (TrackingSpec, end_run, ensure_experiment, make_logger, params_hash, run_exists, store_errors,
+from rnnlab.tracking import (TrackingSpec, check_reachable, default_run_name, end_run, ensure_experiment, make_logger, params_hash, run_exists, store_errors,
                              tracking_uri)
 from rnnlab.vocab import VocabDir
 
@@ -124,13 +124,16 @@ def open_run(job: TrainJob, ckpt_dir: Path, phash: str):
     uri = tracking_uri(job.tracking)
     resume = resume_point(ckpt_dir, phash)
     run_id = resume[1] if resume else None
+    check_reachable(uri)  # a server that does not answer: one line now, not after MLflow's retries
     with store_errors(uri, also=(OSError,)):  # here only MLflow touches files
         ensure_experiment(uri, job.tracking.experiment)
         if run_id and not run_exists(job.tracking, run_id):
             print(f"note: the MLflow run {run_id} of the interrupted training is gone from {uri}; "
                   "logging to a new run", file=sys.stderr)
             run_id = None
-        logger = make_logger(job.tracking, job.params, run_id=run_id)
+        spec = job.tracking if run_id else replace(job.tracking, run_name=job.tracking.run_name
+                                                    or default_run_name(job.params))
+        logger = make_logger(spec, job.params, run_id=run_id)
         if resume:
             print(f"resuming the interrupted training from {resume[0]} (MLflow run {logger.run_id})")
         if not run_id:
@@ -156,6 +159,8 @@ def write_outputs(lit: LitLM, diagnostics: dict, out: Path, title: str) -> None:
     write_csv(out / "grad_norm.csv", ["step", "pre_clip", "post_clip", "clip_fraction"], grad.rows if grad else [])
     write_csv(out / "gtt.csv", ["distance", "grad_norm"], [[d, v] for d, v in enumerate(curves[-1][1])] if curves else [])
     save_loss_plot(hist["train"], hist["val"], out / "plots" / "loss.png", f"Loss — {title}")
+    if grad and grad.rows:
+        gradstats.save_norm_plot(grad.rows, out / "plots" / "gradient_norm.png", f"Gradient norm — {title}")
     if curves:
         gradstats.save_plot([(f"step {step}", values) for step, values in curves],
                             out / "plots" / "gradient_through_time.png", f"Gradient through time — {title}")
@@ -232,7 +237,7 @@ def fit(job: TrainJob, kwargs: dict, logger, resume: Path | None) -> dict:
                            save_last=True, auto_insert_metric_name=False, enable_version_counter=False)
     found = diagnostics(vocab, vocab_dir, job.gradstats)
     tty = sys.stdout.isatty()
-    progress = RichProgressBar() if tty else LinePrinter(max(kwargs.get("max_steps", 0) // 20, 25))
+    progress = RichProgressBar() if tty else LinePrinter(max(kwargs.get("max_steps", 0) // 10, 25))
     trainer = pl.Trainer(**kwargs, logger=logger, callbacks=[best, FinalValidation(), progress, *found.values(),
                                                               *job.callbacks],
                          plugins=[AtomicCheckpointIO()], enable_progress_bar=tty, default_root_dir=out,
@@ -249,6 +254,8 @@ def fit(job: TrainJob, kwargs: dict, logger, resume: Path | None) -> dict:
                                                             "step": trainer.global_step, "metrics": metrics})
     write_outputs(lit, found, out, f"{lit.model.spec.cell}, clip {kwargs.get('gradient_clip_val')}")
     write_json(out / "metrics.json", metrics)
+    best_metrics = {f"best/{k}": v for k, v in metrics.items() if k.startswith("val_") or k == "best_step"}
+    logger.log_metrics(best_metrics, step=trainer.global_step)  # the summary: the saved model's validation
     log_artifacts(logger, job, vocab_dir, out)
     return metrics
 
@@ -267,8 +274,9 @@ def final_metrics(lit: LitLM, found: dict, trainer: pl.Trainer) -> dict:
     curves = found["gtt"].curves if "gtt" in found else []
     best_val = min(hist["val"], key=lambda row: row[1]) if hist["val"] else None
     metrics = {"step": trainer.global_step, "train_loss": hist["train"][-1][1] if hist["train"] else None}
-    if best_val:
-        metrics |= {"val_loss": best_val[1], "val_ppl": best_val[2], "val_bpc": best_val[3], "best_step": best_val[0]}
+    if best_val:  # the saved model is the best validation's; the last validation is reported as "last"
+        metrics |= {"val_loss": best_val[1], "val_ppl": best_val[2], "val_bpc": best_val[3], "best_step": best_val[0],
+                    "last_val_loss": hist["val"][-1][1]}
     if grad_rows:
         metrics["clip_fraction"] = sum(row[3] for row in grad_rows) / len(grad_rows)
     if curves and curves[-1][1][0] > 0:

@@ -16,12 +16,25 @@ only what its stage runs, so each stage's `deps:` in dvc.yaml can list exactly i
 
 from __future__ import annotations
 
+import sys
 from typing import Callable
 
-from rnnlab.config import load_params
-from rnnlab.errors import entry_point
+from rnnlab.config import load_params, usage
+from rnnlab.errors import UserError, entry_point
 
 
-def main(run: Callable[..., object], *args) -> None:
-    """A stage script's entry point: read params.yaml, run the stage; user errors are one line, exit 2."""
-    entry_point(lambda: run(load_params(), *args))()
+def main(run: Callable[..., object], overrides: bool = False) -> None:
+    """A stage script's entry point: `--help`, or read params.yaml and run the stage (with the command
+    line's `key=value` overrides where the stage takes them); user errors are one line, exit 2."""
+    argv = sys.argv[1:]
+    if "-h" in argv or "--help" in argv:
+        print(f"{sys.modules[run.__module__].__doc__.strip()}\n\n{usage()}")
+        return
+    entry_point(lambda: call(run, argv, overrides))()
+
+
+def call(run: Callable[..., object], argv: list[str], overrides: bool) -> object:
+    if argv and not overrides:
+        raise UserError(f"{argv[0]!r}: this stage takes no arguments, it reads params.yaml; change that with "
+                        "`python -m rnnlab.config key=value` (or `dvc exp run -S key=value`), see --help")
+    return run(load_params(), argv) if overrides else run(load_params())

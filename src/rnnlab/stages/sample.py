@@ -13,6 +13,9 @@ from rnnlab.config import section, with_overrides
 from rnnlab.files import remove_leftovers
 
 
+SHOWN, SHOWN_CHARS = 2, 200  # samples printed by the stage (all of them go to samples.txt and MLflow)
+
+
 def run(params, overrides: list[str] = ()) -> dict:
     from rnnlab import checkpoint, sampling, tracking  # torch after the cheap checks
 
@@ -23,13 +26,18 @@ def run(params, overrides: list[str] = ()) -> dict:
     model_path = params.sample.checkpoint or f"{params.paths.train}/model"
     vocab, model, meta = checkpoint.load_trained(params.paths.vocab, model_path)
     samples = sampling.sample(model, vocab, spec)
-    for s in samples:
-        print(s.text, end="\n\n" if vocab.level == "char" else "\n")
-    if overrides:
+    if overrides:  # an interactive look: every sample, whole
+        for s in samples:
+            print(s.text, end="\n\n" if vocab.level == "char" else "\n")
         return {}
+    for s in samples[:SHOWN]:
+        text = s.text if len(s.text) <= SHOWN_CHARS else s.text[:SHOWN_CHARS] + " …"
+        print(text.rstrip("\n"), end="\n----\n")
     train_text = corpus.read_split(params.paths.prepared, "train")
     out = Path(params.paths.samples)
     stats = sampling.save_samples(out, samples, vocab, train_text, params.corpus.format == "lines")
     tracking.log_to_run(section(params, tracking.TrackingSpec, "tracking"), meta.get("mlflow_run_id"),
                         artifacts=[out / "samples.txt", out / "samples.json"], artifact_path="samples")
+    print(f"wrote {len(samples)} samples to {out / 'samples.txt'} (first {min(SHOWN, len(samples))} above); "
+          f"novel {stats['novelty_rate']:.0%}, mean length {stats['mean_length']:.0f}")
     return stats

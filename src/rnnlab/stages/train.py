@@ -36,7 +36,10 @@ def run(params) -> dict:
         callbacks=user_callbacks(params.get("callbacks") or []),
     )
     metrics = training.train(job)
-    print("trained:", ", ".join(f"{k} {v}" for k, v in metrics.items()))
+    print(f"trained {metrics['step']} steps: best validation {metrics.get('val_loss')} nats/token "
+          f"(ppl {metrics.get('val_ppl')}, {metrics.get('val_bpc')} bits/char) at step {metrics.get('best_step')}, "
+          f"last {metrics.get('last_val_loss')}; clip fraction {metrics.get('clip_fraction')}; "
+          f"model, metrics and plots in {params.paths.train}")
     return metrics
 
 

@@ -13,6 +13,6 @@ def run(params) -> dict:
     texts = {name: corpus.read_split(params.paths.prepared, name) for name in corpus.SPLITS}
     stats = build_and_encode(texts, section(params, VocabSpec, "vocab"), params.corpus.format == "lines",
                              params.paths.vocab)
-    oov = ", ".join(f"{k} {v:.2%}" for k, v in stats["oov_rate"].items())
-    print(f"{stats['level']} vocabulary: {stats['size']:,} tokens; OOV rate {oov}")
+    oov = ", ".join(f"{k} {v:.2%}" for k, v in stats["oov_rate"].items() if stats["splits"][k]["tokens"])
+    print(f"{stats['level']} vocabulary: {stats['size']:,} tokens" + (f"; OOV rate {oov}" if oov else ""))
     return stats
