@@ -36,8 +36,13 @@ def job(cfg: DictConfig) -> float:
 @entry_point
 def main() -> None:
     first = check_overrides([a for a in sys.argv[1:] if not a.startswith(("-", "hydra"))])  # one-line errors
-    tracking.check_reachable(tracking.tracking_uri(section(first, tracking.TrackingSpec, "tracking")))
-    job()
+    uri = tracking.tracking_uri(section(first, tracking.TrackingSpec, "tracking"))
+    tracking.check_reachable(uri)
+    try:
+        job()
+    except BaseException as err:  # a job's error or Ctrl-C: the parent run must not stay RUNNING
+        sweep.end_parent(uri, "KILLED" if isinstance(err, KeyboardInterrupt) else "FAILED")
+        raise
 
 
 if __name__ == "__main__":

@@ -66,6 +66,7 @@ def test_every_stage_script_has_help_and_refuses_stray_arguments(stage):
 
     proc = run(["python", f"pipeline/{stage}.py", "--help"], REPO)
     assert proc.stdout.startswith(f"Stage `{stage}`") and "model:       gru, lstm, rnn" in proc.stdout
+    assert "--quiet (print nothing but errors)" in proc.stdout
     if stage != "sample":  # sample takes key=value overrides for an interactive look
         proc = run(["python", f"pipeline/{stage}.py", "model=rnn"], REPO, check=False)
         assert proc.returncode == 2 and proc.stderr.startswith("error: 'model=rnn': this stage takes no arguments")

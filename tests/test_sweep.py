@@ -73,6 +73,17 @@ def test_bad_sweep_overrides_are_one_line_errors(project):
     assert not (project / "multirun").exists()
 
 
+def test_a_failing_job_ends_the_sweep_with_one_line_and_a_failed_parent_run(project):
+    run(["python", "-m", "rnnlab.config", *SMALL], project)
+    proc = run(["python", "pipeline/sweep.py", "-m", *SMALL, "corpus.path=missing.txt", "model=rnn,gru"], project,
+               check=False)
+    assert proc.returncode == 2 and "error: corpus.path 'missing.txt' matches no file" in proc.stderr
+    assert "Traceback" not in proc.stderr
+    db = sqlite3.connect(project / "mlflow.db")
+    statuses = dict(db.execute("select name, status from runs").fetchall())
+    assert len(statuses) == 1 and list(statuses.values()) == ["FAILED"]  # the parent; no job got to training
+
+
 def test_dvc_queue_runs_land_in_the_root_database(project):
     run(["python", "-m", "rnnlab.config", *SMALL], project)
     run([*GIT, "commit", "-qam", "tiny"], project)

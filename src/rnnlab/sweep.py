@@ -79,6 +79,18 @@ class ParentRun(Callback):
         print(f"report: {out / 'report.md'}", flush=True)
 
 
+def end_parent(uri: str, status: str) -> None:
+    """Mark the sweep's parent run FAILED or KILLED when the sweep ends by an exception (a job's error,
+    Ctrl-C); `ParentRun.on_multirun_end`, which finishes it otherwise, is then never called."""
+    from mlflow.exceptions import MlflowException
+    from mlflow.tracking import MlflowClient
+
+    run_id = os.environ.pop(PARENT_ENV, None)
+    if run_id:
+        with contextlib.suppress(MlflowException, OSError):
+            MlflowClient(uri).set_terminated(run_id, status)
+
+
 def claim(sweep_dir: Path) -> None:
     """Make `sweep_dir` this sweep's own: two sweeps never write into each other's jobs. Its name has the
     start time to the microsecond; should two sweeps still get the same one, the second stops here."""

@@ -16,6 +16,8 @@ only what its stage runs, so each stage's `deps:` in dvc.yaml can list exactly i
 
 from __future__ import annotations
 
+import contextlib
+import io
 import sys
 from typing import Callable
 
@@ -25,12 +27,16 @@ from rnnlab.errors import UserError, entry_point
 
 def main(run: Callable[..., object], overrides: bool = False) -> None:
     """A stage script's entry point: `--help`, or read params.yaml and run the stage (with the command
-    line's `key=value` overrides where the stage takes them); user errors are one line, exit 2."""
-    argv = sys.argv[1:]
+    line's `key=value` overrides where the stage takes them); user errors are one line, exit 2.
+    `--quiet` keeps the stage's own report off stdout (errors still go to stderr)."""
+    argv = [a for a in sys.argv[1:] if a != "--quiet"]
     if "-h" in argv or "--help" in argv:
-        print(f"{sys.modules[run.__module__].__doc__.strip()}\n\n{usage()}")
+        print(f"{sys.modules[run.__module__].__doc__.strip()}\n\nOptions: --quiet (print nothing but errors), "
+              f"--help\n\n{usage()}")
         return
-    entry_point(lambda: call(run, argv, overrides))()
+    quiet = contextlib.redirect_stdout(io.StringIO()) if "--quiet" in sys.argv[1:] else contextlib.nullcontext()
+    with quiet:
+        entry_point(lambda: call(run, argv, overrides))()
 
 
 def call(run: Callable[..., object], argv: list[str], overrides: bool) -> object:

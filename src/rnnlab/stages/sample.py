@@ -13,7 +13,7 @@ from rnnlab.config import section, with_overrides
 from rnnlab.files import remove_leftovers
 
 
-SHOWN, SHOWN_CHARS = 2, 200  # samples printed by the stage (all of them go to samples.txt and MLflow)
+SHOWN, SHOWN_CHARS = 2, 120  # samples printed by the stage (all of them go to samples.txt and MLflow)
 
 
 def run(params, overrides: list[str] = ()) -> dict:
