@@ -1,4 +1,7 @@
-"""DVC stage `evaluate` (dvc.yaml): test-split perplexity and bits per character, plus sample statistics. The work is rnnlab.stages.evaluate.run."""
+"""DVC stage `evaluate` (dvc.yaml): test-split perplexity and bits per character, plus sample statistics.
+
+The work is rnnlab.stages.evaluate.run.
+"""
 
 from rnnlab.stages import main, evaluate
 

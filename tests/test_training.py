@@ -159,7 +159,12 @@ def test_gradient_through_time_vanishes_for_a_contracting_rnn():
     assert gradstats.probe_distances(30) == [0, 1, 2, 4, 8, 16]
 
 
-def test_same_seed_same_validation_loss(vocab_dir, tmp_path):
+def test_same_seed_same_validation_loss(vocab_dir, tmp_path, migrated_mlflow_db):
+    import shutil
+
+    for run_dir in ("a", "b"):  # an empty, migrated MLflow store in each (migrating takes ~1 s)
+        (tmp_path / run_dir).mkdir()
+        shutil.copy(migrated_mlflow_db, tmp_path / run_dir / "mlflow.db")
     first = training.train(tiny_job(vocab_dir, tmp_path / "a", max_steps=10))
     second = training.train(tiny_job(vocab_dir, tmp_path / "b", max_steps=10))
     assert first["val_loss"] == second["val_loss"]

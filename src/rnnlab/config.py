@@ -37,7 +37,8 @@ def load_params(path: str | Path = PARAMS):
         cfg = OmegaConf.load(path)
     except yaml.YAMLError as err:
         first = str(err).strip().splitlines()[0]
-        raise UserError(f"{path} is not valid YAML ({first}); fix it, or recompose it: python -m rnnlab.config") from None
+        raise UserError(f"{path} is not valid YAML ({first}); fix it, or recompose it: "
+                        "python -m rnnlab.config") from None
     return validated(cfg)
 
 
@@ -214,7 +215,8 @@ def usage(conf_dir: Path = CONF_DIR) -> str:
         "Configuration: params.yaml, composed from conf/ (config.yaml + one folder per group). Groups and options:",
         *lines,
         "Change it with `python -m rnnlab.config model=rnn trainer.gradient_clip_val=0 && dvc repro`, or",
-        "`dvc exp run -S model=rnn -S trainer.gradient_clip_val=0`. Every key: params.yaml; types: src/rnnlab/schema.py.",
+        "`dvc exp run -S model=rnn -S trainer.gradient_clip_val=0`.",
+        "Every key: params.yaml; their types and ranges: src/rnnlab/schema.py.",
     ])
 
 

@@ -44,6 +44,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from rnnlab.errors import UserError
+from rnnlab.schema import DataSpec
 from rnnlab.scoring import batchify, num_windows, window
 from rnnlab.vocab import VocabDir
 
@@ -95,9 +96,7 @@ class StreamDataModule(pl.LightningDataModule):
 
     def __init__(self, vocab_dir: str | Path, batch_size: int, bptt: int, eval_batch_size: int) -> None:
         super().__init__()
-        for key, value in (("batch_size", batch_size), ("bptt", bptt), ("eval_batch_size", eval_batch_size)):
-            if value < 1:
-                raise UserError(f"data.{key}={value} must be at least 1")
+        DataSpec(batch_size, bptt, eval_batch_size)  # sizes of at least 1 (schema.py)
         self.vocab_dir = VocabDir(vocab_dir)
         self.batch_size, self.bptt, self.eval_batch_size = batch_size, bptt, eval_batch_size
 

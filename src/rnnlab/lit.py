@@ -119,7 +119,8 @@ class LitLM(pl.LightningModule):
     # optimiser (Lightning's), the checkpoint keeps the carried hidden state and every random generator.
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
-        mid_epoch = self.trainer.fit_loop.epoch_loop.batch_progress.current.completed % self.trainer.num_training_batches
+        done = self.trainer.fit_loop.epoch_loop.batch_progress.current.completed  # batches of this epoch
+        mid_epoch = done % self.trainer.num_training_batches
         np_state = np.random.get_state()
         checkpoint["rnnlab"] = {
             "history": self.history,

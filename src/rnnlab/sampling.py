@@ -13,9 +13,10 @@ The lecture's steps ("sampling novel sequences"):
 Modern controls act on the logits of step 2, in this order: divide by the `temperature` (below 1
 sharper, above 1 flatter); keep the `top_k` most likely tokens; keep the nucleus, the smallest set of
 most likely tokens whose probability reaches `top_p` (Holtzman et al., 2020); then draw, or take the
-argmax when `greedy` (deterministic: one sample, whatever `num_samples` says). A `prime` is run through the model once, after x<1>, to set the hidden state,
-and generation continues from it. `unk: reject` never emits `<unk>`: a row that draws it redraws with
-`<unk>` excluded, and the rejections are counted.
+argmax when `greedy` (deterministic: one sample, whatever `num_samples` says). A `prime` is run
+through the model once, after x<1>, to set the hidden state, and generation continues from it.
+`unk: reject` never emits `<unk>`: a row that draws it redraws with `<unk>` excluded, and the
+rejections are counted.
 
 All samples are generated as one batch (B = num_samples). After the start input (and prime), each
 step feeds one token per row (T = 1) with the carried hidden state, so the work per token is constant;

@@ -354,14 +354,18 @@ def build(cls: type[T], key: str, values: dict) -> T:
     return cls(**values)
 
 
+def trainer_spec(values: dict) -> TrainerSpec:
+    """The keys TrainerSpec declares, checked; the section may hold more Lightning arguments, which
+    training checks against lightning.pytorch.Trainer's signature."""
+    known = {f.name for f in dataclasses.fields(TrainerSpec)}
+    return build(TrainerSpec, "trainer", {k: v for k, v in values.items() if k in known})
+
+
 def validate(params: dict) -> None:
     """Check every section of a composed config (a plain dict); the first problem is one UserError."""
     for key, cls in SECTIONS.items():
         if key not in params:
             raise UserError(f"params.yaml has no `{key}` section; recompose it: python -m rnnlab.config")
-        values = params[key]
-        if cls is TrainerSpec:  # more Lightning arguments may be given; training checks them
-            values = {k: v for k, v in values.items() if k in {f.name for f in dataclasses.fields(cls)}}
-        build(cls, key, values)
+        trainer_spec(params[key]) if cls is TrainerSpec else build(cls, key, params[key])
     top = {f.name for f in dataclasses.fields(TopLevel)}
     TopLevel(**{k: v for k, v in params.items() if k in top})

@@ -75,13 +75,15 @@ def default_run_name(params: dict) -> str:
     model, trainer = params.get("model") or {}, params.get("trainer") or {}
     level = (params.get("vocab") or {}).get("level", "?")
     suffix = os.environ.get("DVC_EXP_NAME") or secrets.token_hex(2)  # not torch's RNG: seeded runs differ too
-    return f"{model.get('cell', '?')}-{level}-h{model.get('hidden_size', '?')}-clip{trainer.get('gradient_clip_val') or 0}-{suffix}"
+    clip = trainer.get("gradient_clip_val") or 0
+    return f"{model.get('cell', '?')}-{level}-h{model.get('hidden_size', '?')}-clip{clip}-{suffix}"
 
 
 def run_tags(params: dict) -> dict[str, str]:
     tags = {"params_hash": params_hash(params), "rnnlab.stage": os.environ.get("DVC_STAGE", "")}
     model, trainer = params.get("model") or {}, params.get("trainer") or {}
-    tags |= {"rnnlab.cell": str(model.get("cell", "")), "rnnlab.level": str((params.get("vocab") or {}).get("level", "")),
+    tags |= {"rnnlab.cell": str(model.get("cell", "")),
+             "rnnlab.level": str((params.get("vocab") or {}).get("level", "")),
              "rnnlab.corpus": str((params.get("corpus") or {}).get("source", "")),
              "rnnlab.clip": str(trainer.get("gradient_clip_val") if "gradient_clip_val" in trainer else "")}
     commit = git_commit()

@@ -11,7 +11,6 @@ Outputs in `out_dir` (data/train by default):
 from __future__ import annotations
 
 import csv
-import dataclasses
 import inspect
 import json
 import math
@@ -33,10 +32,10 @@ from rnnlab.errors import UserError
 from rnnlab.files import atomic_write, remove_leftovers, write_json
 from rnnlab.lit import LitLM, OptimSpec
 from rnnlab.model import ModelSpec
-from rnnlab.schema import DataSpec, GradStatsSpec, TrainerSpec
+from rnnlab.schema import DataSpec, GradStatsSpec, trainer_spec
 from rnnlab.scoring import batchify
-from rnnlab.tracking import (TrackingSpec, check_reachable, default_run_name, end_run, ensure_experiment, make_logger, params_hash, run_exists, store_errors,
-                             tracking_uri)
+from rnnlab.tracking import (TrackingSpec, check_reachable, default_run_name, end_run, ensure_experiment,
+                             make_logger, params_hash, run_exists, store_errors, tracking_uri)
 from rnnlab.vocab import VocabDir
 
 
@@ -64,8 +63,7 @@ def trainer_kwargs(values: dict) -> dict:
     if unknown:
         raise UserError(f"trainer.{unknown[0]} is not a lightning.pytorch.Trainer argument; "
                         "see conf/trainer/default.yaml for the usual ones")
-    known = {f.name for f in dataclasses.fields(TrainerSpec)}
-    TrainerSpec(**{k: v for k, v in values.items() if k in known})  # types and ranges (schema.py)
+    trainer_spec(values)  # types and ranges of the keys schema.py declares
     if values.get("gradient_clip_val") == 0:
         values["gradient_clip_val"] = None  # 0 means off, as in Lightning
     return values
@@ -157,7 +155,8 @@ def write_outputs(lit: LitLM, diagnostics: dict, out: Path, title: str) -> None:
     write_csv(out / "loss.csv", ["step", "train_loss"], hist["train"])
     write_csv(out / "val.csv", ["step", "val_loss", "val_ppl", "val_bpc"], hist["val"])
     write_csv(out / "grad_norm.csv", ["step", "pre_clip", "post_clip", "clip_fraction"], grad.rows if grad else [])
-    write_csv(out / "gtt.csv", ["distance", "grad_norm"], [[d, v] for d, v in enumerate(curves[-1][1])] if curves else [])
+    last_curve = curves[-1][1] if curves else []
+    write_csv(out / "gtt.csv", ["distance", "grad_norm"], [[d, v] for d, v in enumerate(last_curve)])
     save_loss_plot(hist["train"], hist["val"], out / "plots" / "loss.png", f"Loss — {title}")
     if grad and grad.rows:
         gradstats.save_norm_plot(grad.rows, out / "plots" / "gradient_norm.png", f"Gradient norm — {title}")

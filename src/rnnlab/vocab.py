@@ -151,7 +151,6 @@ def build(train_text: str, spec: VocabSpec, line_corpus: bool) -> Vocab:
                  probe.newline_is_eos, [0, 0] + [n for _, n in kept])
 
 
-@dataclass(frozen=True)
 class VocabDir:
     """The vocab stage's folder, the one place that knows its layout:
 
@@ -160,10 +159,8 @@ class VocabDir:
         stats.json                 size, coverage and per-split tokens / chars / OOV rate
     """
 
-    path: Path
-
     def __init__(self, path: str | Path) -> None:
-        object.__setattr__(self, "path", Path(path))
+        self.path = Path(path)
 
     @property
     def vocab_file(self) -> Path:
@@ -186,7 +183,8 @@ class VocabDir:
         try:
             return json.loads((self.path / "stats.json").read_text(encoding="utf-8"))
         except FileNotFoundError:
-            raise UserError(f"no vocabulary statistics in {self.path}; run the vocab stage first: dvc repro vocab") from None
+            raise UserError(f"no vocabulary statistics in {self.path}; "
+                            "run the vocab stage first: dvc repro vocab") from None
 
     def chars_per_token(self, split: str) -> float:
         """Characters of the split's text (separators included) per token: bpc = bits per token / this."""

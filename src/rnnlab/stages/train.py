@@ -52,4 +52,5 @@ def user_callbacks(entries) -> list:
         return [instantiate(entry) for entry in entries]
     except InstantiationException as err:
         first = str(err).strip().splitlines()[0]
-        raise UserError(f"callbacks: {first}; give each entry a `_target_:` naming a Lightning Callback class") from None
+        raise UserError(f"callbacks: {first}; give each entry a `_target_:` naming a Lightning Callback "
+                        "class") from None
