@@ -48,6 +48,7 @@ def client_for(config: DictConfig):
     from mlflow.tracking import MlflowClient
 
     spec = TrackingSpec(**{k: v for k, v in config.tracking.items() if k != "name"})
+    ensure_experiment(tracking_uri(spec), spec.experiment)  # first: a new client migrates a new store
     return MlflowClient(tracking_uri(spec)), spec
 
 
