@@ -139,9 +139,7 @@ def end_run(logger, status: str) -> None:
 def ensure_experiment(uri: str, experiment: str) -> str:
     """The id of `experiment`, created if need be. The first use of a new SQLite store migrates its schema,
     and two processes doing that (or creating the experiment) at once fail: two sweeps started together,
-    parallel queued experiments. A file lock beside the database lets one go first. Call it before any
-    other MlflowClient on `uri` in the process: constructing one opens (and migrates) the store, and
-    MLflow then reuses that store for the URI."""
+    parallel queued experiments. A file lock beside the database lets one go first."""
     from filelock import FileLock
     from mlflow.tracking import MlflowClient
 
