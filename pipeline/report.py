@@ -1,4 +1,4 @@
-"""Compare runs: a Markdown table and PNG plots, read back from MLflow.
+"""Compare runs, read back from MLflow: a table under 120 columns here, a Markdown report with plots in --out.
 
     python pipeline/report.py --sweep multirun/2026-11-27_10-00-00     # the runs of a Hydra sweep
     python pipeline/report.py --dvc                                    # every DVC experiment's run
@@ -44,10 +44,11 @@ def main() -> None:
     if not runs:
         raise UserError("no runs to compare; run a sweep or `dvc exp run` first")
     out = args.out or (args.sweep / "report" if args.sweep else Path("reports/dvc"))
-    path = report.write(client, runs, out, title=f"Comparison of {len(runs)} runs")
+    table = report.write(client, runs, out, title=f"Comparison of {len(runs)} runs")
     if parent:
         client.log_artifacts(parent, str(out), "report")
-    print(path.read_text(encoding="utf-8"))
+    print(f"{table}\n\n{len(runs)} runs; val_* are the saved (best) model's; the full report with samples and "
+          f"plots: {out / 'report.md'}")
 
 
 if __name__ == "__main__":

@@ -123,3 +123,11 @@ def tiny_file(tmp_path: Path) -> Path:
     path = tmp_path / "tiny.txt"
     path.write_text(TINY_TEXT, encoding="utf-8")
     return path
+
+
+def untracked_files(project) -> list[str]:
+    """Files git would list as new, less those the repository commits (data/*/metrics.json, ...): a user's
+    clone tracks them, the test's fresh repository never committed them."""
+    committed = set(run(["git", "ls-files"], REPO).stdout.splitlines())
+    status = run(["git", "status", "--porcelain", "--untracked-files=all"], project).stdout.splitlines()
+    return [line for line in status if line.startswith("??") and line[3:] not in committed]

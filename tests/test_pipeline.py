@@ -9,7 +9,7 @@ import sqlite3
 
 import pytest
 
-from conftest import TINY, run
+from conftest import TINY, run, untracked_files
 
 pytestmark = pytest.mark.slow  # end to end: real dvc, sweeps, servers
 
@@ -123,6 +123,16 @@ def test_the_readme_comparison_of_three_experiments_fits_120_columns(project):
                                     "test.ppl", "test.bpc"]
     assert {"model.cell", "trainer.gradient_clip_val"} <= set(table[0].split())  # the params that vary
     assert sum(1 for line in table[1:] if len(line.split()) == 10) == 3, table  # three named experiments, all values
+
+    printed = run(["python", "pipeline/report.py", "--dvc"], project).stdout.splitlines()  # the same, with time
+    assert max(map(len, printed)) <= 120, printed
+    assert printed[0].split() == ["run", "val_loss", "val_ppl", "val_bpc", "test_loss", "test_ppl", "test_bpc",
+                                  "clip_frac", "train_s", "cell", "gradient_clip_val"], printed
+    rows = [line.split() for line in printed[1:4]]
+    assert all(len(r) == 11 and float(r[8]) > 0 for r in rows), printed  # every value there, a training time
+    print("\n".join(table + [""] + printed))  # for the README (pytest -s)
+    run(["dvc", "plots", "show"], project)  # the README's offline plots (dvc_plots/)
+    assert not untracked_files(project)  # everything generated is ignored
 
 
 def test_dvc_exp_run_builds_a_word_model(project):

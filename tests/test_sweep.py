@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import TINY, run
+from conftest import TINY, run, untracked_files
 
 pytestmark = pytest.mark.slow  # end to end: real dvc, sweeps, servers
 
@@ -50,7 +50,8 @@ def test_hydra_multirun_gives_children_of_one_parent_and_a_report(project):
     assert "report:" in out.stdout
 
     again = run(["python", "pipeline/report.py", "--sweep", str(sweep_dir.relative_to(project))], project)
-    assert "Comparison of 2 runs" in again.stdout
+    assert "2 runs;" in again.stdout and "train_s" in again.stdout
+    assert not untracked_files(project)  # multirun/, mlflow.db: ignored
 
 
 def test_joblib_launcher_with_two_jobs_loses_no_run(project):
@@ -105,4 +106,4 @@ def test_dvc_queue_runs_land_in_the_root_database(project):
     names = {v for (v,) in db.execute("select value from tags where key = 'dvc_exp_name'")}
     assert names == {r["Experiment"] for r in exps}
     report = run(["python", "pipeline/report.py", "--dvc"], project).stdout
-    assert "Comparison of 2 runs" in report
+    assert "2 runs;" in report and max(map(len, report.splitlines())) <= 120

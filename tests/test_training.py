@@ -46,7 +46,7 @@ def test_training_writes_model_metrics_plots_and_mlflow_run(vocab_dir, tmp_path)
     db = sqlite3.connect(tmp_path / "mlflow.db")
     keys = {k for (k,) in db.execute("select distinct key from metrics")}
     assert {"train/loss", "val/loss", "val/ppl", "val/bpc", "grad/norm_pre_clip", "grad/norm_post_clip",
-            "grad/clip_fraction", "grad_group/layer0.recurrent", "gtt/d000", "train/tokens_per_s"} <= keys
+            "grad/clip_fraction", "grad_group/layer0.recurrent", "gtt/d000", "train/tokens_per_s", "time/train_s"} <= keys
     (run_id,) = db.execute("select run_uuid from runs").fetchone()
     assert meta["mlflow_run_id"] == run_id
     artifacts = Path(db.execute("select artifact_uri from runs").fetchone()[0])
@@ -111,12 +111,16 @@ def test_interrupted_training_resumes_from_the_last_checkpoint(vocab_dir, tmp_pa
     job.callbacks = [Crash()]
     with pytest.raises(RuntimeError, match="simulated crash"):
         training.train(job)
-    assert (tmp_path / "train" / "checkpoints" / "last.ckpt").exists()
+    last = tmp_path / "train" / "checkpoints" / "last.ckpt"
+    before = torch.load(last, weights_only=True)["rnnlab"]["seconds"]
+    assert before > 0
     metrics = training.train(tiny_job(vocab_dir, tmp_path))
     assert "resuming the interrupted training" in capsys.readouterr().out
     assert metrics["step"] == 30
     db = sqlite3.connect(tmp_path / "mlflow.db")
     assert db.execute("select count(*) from runs").fetchone()[0] == 1  # the same MLflow run continued
+    (seconds,) = db.execute("select value from metrics where key = 'time/train_s'").fetchone()
+    assert seconds >= round(before, 1)  # the time before the crash counts (up to its last checkpoint)
 
 
 def test_exploding_gradients_stop_with_a_clear_message(vocab_dir, tmp_path):

@@ -47,8 +47,16 @@ class LitLM(pl.LightningModule):
         self.hidden = None  # carried training state (truncated BPTT); a mid-epoch checkpoint keeps it
         self.history: dict[str, list] = {"train": [], "val": []}  # loss.csv and val.csv rows
         self._tokens, self._clock = 0, time.perf_counter()
+        self._seconds_before, self._fit_start = 0.0, time.perf_counter()  # wall time of earlier (resumed) runs
+
+    def train_seconds(self) -> float:
+        """Wall seconds spent in training, summed over a resumed run's segments (up to their last checkpoint)."""
+        return self._seconds_before + time.perf_counter() - self._fit_start
 
     # --- training ---------------------------------------------------------------------------------------
+
+    def on_train_start(self) -> None:
+        self._fit_start = time.perf_counter()
 
     def on_train_epoch_start(self) -> None:
         self.hidden = None  # the zero state (not called when Lightning resumes mid-epoch)
@@ -124,6 +132,7 @@ class LitLM(pl.LightningModule):
         np_state = np.random.get_state()
         checkpoint["rnnlab"] = {
             "history": self.history,
+            "seconds": self.train_seconds(),
             "hidden": self.hidden if mid_epoch else None,
             "rng": {"torch": torch.get_rng_state(), "python": random.getstate(),
                     "numpy": [np_state[0], np_state[1].tolist(), *np_state[2:]]},
@@ -132,6 +141,7 @@ class LitLM(pl.LightningModule):
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         saved = checkpoint["rnnlab"]
         self.history, self.hidden = saved["history"], saved["hidden"]
+        self._seconds_before = saved.get("seconds", 0.0)
         torch.set_rng_state(saved["rng"]["torch"])
         random.setstate(saved["rng"]["python"])
         name, keys, *rest = saved["rng"]["numpy"]

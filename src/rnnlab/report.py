@@ -68,10 +68,59 @@ def row(client, run) -> dict:
         "clip": f"{p.get('trainer/gradient_clip_val', 'None')} ({p.get('trainer/gradient_clip_algorithm', '')})",
         "val loss (best)": m.get("best/val_loss", m.get("val/loss")), "val loss (last)": m.get("val/loss"),
         "test loss": m.get("test/loss"), "test bpc": m.get("test/bpc"),
-        "clip fraction": fmean(clip) if clip else None,
+        "clip fraction": fmean(clip) if clip else None, "train s": m.get("time/train_s"),
         "gtt decay": (values[-1] / values[0], distances[-1]) if values and values[0] > 0 else None,
         "sample": excerpt(client, run),
     }
+
+
+QUIET_PARAMS = ("paths/", "tracking/", "hydra/")  # where a run wrote, not what it trained
+
+
+def varied(runs: list) -> list[str]:
+    """The params whose values differ between the runs (not paths or tracking; `x/name` only through x's keys)."""
+    keys = sorted({k for run in runs for k in run.data.params})
+    keys = [k for k in keys if not k.startswith(QUIET_PARAMS) and not k.endswith("/name")]
+    return [k for k in keys if len({run.data.params.get(k) for run in runs}) > 1]
+
+
+def compact(rows: list[dict], runs: list, width: int = 120) -> str:
+    """A plain-text table for the terminal: run, the headline metrics, then the params that vary.
+
+    Lines stay within `width`: a long run name is cut, and columns that would pass it go to a second block."""
+    params = varied(runs)
+    short = {k: k.rsplit("/", 1)[-1] for k in params}
+    if len(set(short.values())) < len(short):
+        short = {k: k.replace("/", ".") for k in params}
+    heads = ["run", "val_loss", "val_ppl", "val_bpc", "test_loss", "test_ppl", "test_bpc", "clip_frac", "train_s"]
+    cells = []
+    for r, run in zip(rows, runs):
+        m = run.data.metrics
+        values = [m.get("best/val_loss", m.get("val/loss")), m.get("best/val_ppl", m.get("val/ppl")),
+                  m.get("best/val_bpc", m.get("val/bpc")), m.get("test/loss"), m.get("test/ppl"), m.get("test/bpc"),
+                  r["clip fraction"], r["train s"]]
+        cells.append([cut(r["run"]), *(number(v) for v in values), *(cut(run.data.params.get(k, "–")) for k in params)])
+    heads += [short[k] for k in params]
+    widths = [max(len(str(c)) for c in column) for column in zip(heads, *cells)]
+    blocks, rest = [], list(range(1, len(heads)))
+    while rest:  # the run column starts every block
+        cols, used = [0], widths[0]
+        while rest and (len(cols) == 1 or used + 1 + widths[rest[0]] <= width):
+            used += 1 + widths[rest[0]]
+            cols.append(rest.pop(0))
+        blocks.append("\n".join(" ".join(str(line[c]).ljust(widths[c]) for c in cols).rstrip()
+                                for line in [heads, *cells]))
+    return "\n\n".join(blocks)
+
+
+def cut(text: str, length: int = 28) -> str:
+    return text if len(text) <= length else text[: length - 1] + "…"
+
+
+def number(value) -> str:
+    if value is None:
+        return "–"
+    return f"{value:.4g}" if abs(value) < 1e5 else f"{value:.3g}"
 
 
 def fmt(value) -> str:
@@ -108,7 +157,8 @@ def plots(client, runs: list, out: Path) -> None:
             ax.semilogy(distances, [max(v, 1e-30) for v in values], marker="o", label=label(run))
     ax.set(xlabel="distance T − t", ylabel="‖∂L_T/∂x_t‖ (last validation)", title="Gradient through time")
     ax.grid(True, which="both", alpha=0.3)
-    ax.legend(fontsize=7)
+    if ax.get_legend_handles_labels()[0]:
+        ax.legend(fontsize=7)
     fig.tight_layout()
     fig.savefig(out / "gradient_through_time.png")
     plt.close(fig)
@@ -120,17 +170,18 @@ def plots(client, runs: list, out: Path) -> None:
             ax.semilogy([h.step for h in hist], [h.value for h in hist], marker="o", label=label(run))
     ax.set(xlabel="step", ylabel="val loss (nats/token, log scale)", title="Validation loss")
     ax.grid(True, alpha=0.3)
-    ax.legend(fontsize=7)
+    if ax.get_legend_handles_labels()[0]:
+        ax.legend(fontsize=7)
     fig.tight_layout()
     fig.savefig(out / "val_loss.png")
     plt.close(fig)
 
 
-def write(client, runs: list, out_dir: str | Path, title: str) -> Path:
-    """Write report.md, gradient_through_time.png and val_loss.png into out_dir; returns report.md."""
+def write(client, runs: list, out_dir: str | Path, title: str) -> str:
+    """Write report.md, gradient_through_time.png and val_loss.png into out_dir; returns the compact table."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     rows = [row(client, run) for run in runs]
     plots(client, runs, out)
     write_text(out / "report.md", markdown(rows, title))
-    return out / "report.md"
+    return compact(rows, runs)

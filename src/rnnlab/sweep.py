@@ -74,10 +74,11 @@ class ParentRun(Callback):
             return
         client, _ = client_for(config)
         out = Path(config.hydra.sweep.dir) / "report"
-        report.write(client, report.children(client, run_id), out, title=f"Sweep {Path(config.hydra.sweep.dir).name}")
+        table = report.write(client, report.children(client, run_id), out,
+                             title=f"Sweep {Path(config.hydra.sweep.dir).name}")
         client.log_artifacts(run_id, str(out), "report")
         client.set_terminated(run_id)
-        print(f"report: {out / 'report.md'}", flush=True)
+        print(f"{table}\nreport: {out / 'report.md'} (plots beside it)", flush=True)
 
 
 def end_parent(uri: str, status: str) -> None:

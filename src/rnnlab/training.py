@@ -3,7 +3,7 @@
 Outputs in `out_dir` (data/train by default):
   model/          the final model: `model.pt` (state_dict of the best validation checkpoint) + `meta.json`
   checkpoints/    Lightning's `last.ckpt` and `best.ckpt` plus `run.json` (params hash, MLflow run id);
-                  kept between runs (DVC `persist: true`) so an interrupted `dvc repro` resumes
+                  not a DVC output (so the run cache works): it stays, and an interrupted `dvc repro` resumes
   metrics.json    final train/val numbers (a DVC metric)
   *.csv, plots/   loss, gradient norms and gradient-through-time (DVC plots, PNGs for offline viewing)
 """
@@ -253,6 +253,8 @@ def fit(job: TrainJob, kwargs: dict, logger, resume: Path | None) -> dict:
                                                             "step": trainer.global_step, "metrics": metrics})
     write_outputs(lit, found, out, f"{lit.model.spec.cell}, clip {kwargs.get('gradient_clip_val')}")
     write_json(out / "metrics.json", metrics)
+    # Not in metrics.json (a DVC output that a rerun or a resumed run reproduces exactly): MLflow only.
+    logger.log_metrics({"time/train_s": round(lit.train_seconds(), 1)}, step=trainer.global_step)
     best_metrics = {f"best/{k}": v for k, v in metrics.items() if k.startswith("val_") or k == "best_step"}
     logger.log_metrics(best_metrics, step=trainer.global_step)  # the summary: the saved model's validation
     log_artifacts(logger, job, vocab_dir, out)
