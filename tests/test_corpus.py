@@ -130,3 +130,128 @@ def test_url_checksum_mismatch_and_missing_checksum(tiny_file, tmp_path):
 def test_shared_names_as_lines(tmp_path):
     stats = prepare(tmp_path, source="file", path=str(SHARED_CORPORA / "names.txt"), format="lines")
     assert sum(stats["lines"].values()) == 32033
+
+
+# --- pre-split corpora, exact cuts, bytes, archives ----------------------------------------------------
+
+
+def write_splits(folder: Path, texts: dict[str, str]) -> dict[str, Path]:
+    folder.mkdir(parents=True, exist_ok=True)
+    for name, text in texts.items():
+        (folder / f"{name}.txt").write_text(text, encoding="utf-8")
+    return {name: folder / f"{name}.txt" for name in texts}
+
+
+SPLIT_TEXTS = {"train": "the cat sat .\nthe dog ran !\n", "val": "a cow sat\n", "test": "the <unk> ran .\n"}
+
+
+def test_presplit_files_train_on_exactly_those_files(tmp_path, monkeypatch, capsys):
+    """The done-when check of `dvc exp run -S corpus=file -S corpus.splits.train=… … -S vocab=word`: the real
+    config composed with those overrides, run through the prepare and vocab stages."""
+    from conftest import REPO
+    from rnnlab.config import compose
+    from rnnlab.stages import prepare as prepare_stage
+    from rnnlab.stages import vocab as vocab_stage
+    from rnnlab.vocab import VocabDir
+
+    write_splits(tmp_path / "corpus", SPLIT_TEXTS)
+    monkeypatch.setenv("DVC_ROOT", str(tmp_path))  # split paths are relative to the repository root
+    paths = [f"paths.{k}={tmp_path / 'data' / k}" for k in ("raw", "prepared", "vocab")]
+    params = compose(["corpus=file", "vocab=word", "vocab.tokenizer=whitespace", *paths,
+                      *(f"corpus.splits.{name}=corpus/{name}.txt" for name in corpus.SPLITS)], REPO / "conf")
+    prepare_stage.run(params)
+    assert {s: corpus.read_split(tmp_path / "data" / "prepared", s) for s in corpus.SPLITS} == SPLIT_TEXTS
+    stats = vocab_stage.run(params)
+    for name, text in SPLIT_TEXTS.items():  # whitespace tokens + one <eos> per line
+        assert stats["splits"][name]["tokens"] == len(text.split()) + text.count("\n")
+    assert stats == VocabDir(tmp_path / "data" / "vocab").stats()
+    assert "OOV rate val" in capsys.readouterr().out
+
+
+def test_presplit_without_test_and_with_lists(tmp_path):
+    files = write_splits(tmp_path / "c", {"a": "one\n", "b": "two", "v": "Café\r\n"})
+    stats = prepare(tmp_path, source="file", splits={"train": [str(files["a"]), str(files["b"])],
+                                                     "val": str(files["v"]), "test": None}, normalize="NFKC")
+    got = {s: (tmp_path / "out" / f"{s}.txt").read_text() for s in corpus.SPLITS}
+    assert got == {"train": "one\ntwo\n", "val": "Café\n", "test": ""}
+    assert stats["chars"]["test"] == 0 and stats["lines"]["train"] == 2
+
+
+@pytest.mark.parametrize(
+    "kw, message",
+    [
+        ({"path": "x.txt", "splits": {"train": "a", "val": "b"}}, "corpus.path and corpus.splits are both set"),
+        ({"splits": {"train": "a"}}, "corpus.splits.val is not set"),
+        ({"splits": {"train": "a", "valid": "b"}}, "corpus.splits.valid is not a split"),
+        ({"splits": {"train": "a", "val": "no/such/*.txt"}}, "corpus.splits.val 'no/such/*.txt' matches no file"),
+        ({"splits": {"train": "a", "val": 3}}, "corpus.splits.val=3: expected a path"),
+        ({"source": "url", "splits": {"train": {"url": "x"}, "val": {"url": "y"}}}, "corpus.splits.train="),
+        ({"source": "shakespeare", "splits": {"train": "a", "val": "b"}}, "corpus.splits is for corpus=file"),
+        ({"members": "x"}, "corpus.members names files inside the archive"),
+        ({"path": "x", "val_chars": 5, "format": "lines"}, "cut running text"),
+        ({"path": "x", "encoding": "latin-1"}, "corpus.encoding='latin-1' is not known"),
+        ({"source": "url", "url": "http://x/a.zip", "sha256": "ABC"}, "corpus.sha256='ABC': expected 64"),
+    ],
+)
+def test_bad_presplit_specs_are_one_line_errors(tmp_path, monkeypatch, kw, message):
+    (tmp_path / "a").write_text("some text\n")
+    monkeypatch.setenv("DVC_ROOT", str(tmp_path))
+    with pytest.raises(UserError, match=message.replace("(", r"\(").replace("*", r"\*")) as err:
+        prepare(tmp_path, **({"source": "file"} | kw))
+    assert "\n" not in str(err.value)
+
+
+def test_empty_presplit_split_names_it(tmp_path):
+    files = write_splits(tmp_path / "c", {"train": "text\n", "val": " \n"})
+    with pytest.raises(UserError, match="corpus.splits.val is empty after cleaning"):
+        prepare(tmp_path, source="file", splits={k: str(v) for k, v in files.items()})
+    assert not (tmp_path / "out").exists()
+
+
+def test_exact_character_cuts_ignore_line_starts(tiny_file, tmp_path):
+    stats = prepare(tmp_path, source="file", path=str(tiny_file), val_chars=101, test_chars=57)
+    parts = {s: (tmp_path / "out" / f"{s}.txt").read_text() for s in corpus.SPLITS}
+    assert "".join(parts.values()) == TINY_TEXT
+    assert (len(parts["val"]), len(parts["test"])) == (101, 57) and stats["chars"]["test"] == 57
+    with pytest.raises(UserError, match="too small for corpus.val_chars=4000 plus corpus.test_chars=4000"):
+        prepare(tmp_path, source="file", path=str(tiny_file), val_chars=4000, test_chars=4000)
+
+
+def test_bytes_encoding_keeps_every_byte(tmp_path):
+    data = bytes(range(256)) + b"a\r\nb\rc\n"
+    (tmp_path / "bin.dat").write_bytes(data)
+    stats = prepare(tmp_path, source="file", path=str(tmp_path / "bin.dat"), encoding="bytes", normalize="none",
+                    val_chars=10, test_chars=0)
+    text = "".join(corpus.read_split(tmp_path / "out", s) for s in corpus.SPLITS)
+    assert text.encode("latin-1") == data and stats["chars"]["total"] == len(data)
+
+
+@pytest.mark.parametrize("member", ["../evil.txt", "/etc/evil.txt", "a/../../evil.txt"])
+def test_archive_members_outside_the_folder_are_refused(tmp_path, member):
+    import zipfile
+
+    archive = tmp_path / "a.zip"
+    with zipfile.ZipFile(archive, "w") as zf:
+        zf.writestr(member, "evil\n")
+    with pytest.raises(UserError, match="is refused"):
+        prepare(tmp_path, source="url", url=archive.as_uri(), sha256=sha256_bytes(archive.read_bytes()), members=member)
+    assert not (tmp_path / "evil.txt").exists() and not Path("/etc/evil.txt").exists()
+
+
+def test_tar_archive_members_and_a_missing_member(tmp_path):
+    import io
+    import tarfile
+
+    archive = tmp_path / "corpus.tar.gz"
+    with tarfile.open(archive, "w:gz") as tf:
+        for name, text in SPLIT_TEXTS.items():
+            info = tarfile.TarInfo(f"c/{name}.txt")
+            info.size = len(text.encode())
+            tf.addfile(info, io.BytesIO(text.encode()))
+    sha = sha256_bytes(archive.read_bytes())
+    members = {name: f"c/{name}.txt" for name in corpus.SPLITS}
+    prepare(tmp_path, source="url", url=archive.as_uri(), sha256=sha, members=members)
+    assert {s: corpus.read_split(tmp_path / "out", s) for s in corpus.SPLITS} == SPLIT_TEXTS
+    assert (tmp_path / "raw" / "corpus" / "c" / "val.txt").read_text() == SPLIT_TEXTS["val"]
+    with pytest.raises(UserError, match="corpus.tar.gz has no member 'c/nope.txt'; it holds: c/train.txt"):
+        prepare(tmp_path, source="url", url=archive.as_uri(), sha256=sha, members=members | {"val": "c/nope.txt"})

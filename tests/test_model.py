@@ -156,3 +156,76 @@ def test_reset_at_eos_restarts_each_line_from_the_zero_state():
         first, _ = model(stream[:, :3])
         second, _ = model(stream[:, 3:])
     assert torch.allclose(logits, torch.cat([first, second], dim=1), atol=1e-6)
+
+
+# --- the adaptive head, tying, dropout variants, init (issue 13) -------------------------------------------
+
+
+def test_adaptive_head_with_degenerate_cutoffs_is_the_full_softmax():
+    """cutoffs=[V-1]: the head scores V-1 words and one cluster holding the last word alone, so the adaptive
+    distribution is a full softmax whose last logit is the cluster's; with the same weights both give the
+    same exact NLL, through the model's own scoring path."""
+    from rnnlab.scoring import score_stream
+
+    adaptive = tiny("gru", head="adaptive", cutoffs=[V - 1])
+    full = tiny("gru")
+    full.embedding.load_state_dict(adaptive.embedding.state_dict())
+    full.rnn.load_state_dict(adaptive.rnn.state_dict())
+    with torch.no_grad():
+        full.head.weight.copy_(adaptive.head.head.weight)  # (V, H): V-1 words, then the cluster
+        full.head.bias.zero_()
+    ids = torch.randint(V, (400,), generator=torch.Generator().manual_seed(1))
+    a, f = score_stream(adaptive, ids, 4, 7), score_stream(full, ids, 4, 7)
+    assert a["tokens"] == f["tokens"] and a["nll"] == pytest.approx(f["nll"], rel=1e-6)
+    h, _ = adaptive.features(ids[None, :-1])
+    torch.testing.assert_close(adaptive.scores(h), F.log_softmax(full.scores(h), -1), rtol=1e-5, atol=1e-6)
+
+
+def test_adaptive_scores_are_the_normalised_distribution_its_loss_uses():
+    model = RNNLM(50, ModelSpec(embedding_size=8, hidden_size=16, head="adaptive", cutoffs=[5, 20]))
+    x, y = torch.randint(50, (B, T)), torch.randint(50, (B, T))
+    h, _ = model.features(x)
+    logp = model.scores(h)  # (B, T, V) log-probabilities over the whole vocabulary
+    torch.testing.assert_close(logp.logsumexp(-1), torch.zeros(B, T), atol=1e-5, rtol=0)
+    exact = -logp.gather(-1, y[..., None]).sum()
+    torch.testing.assert_close(model.nll(h, y, "sum"), exact, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(model.nll(h, y), exact / y.numel(), rtol=1e-5, atol=1e-5)
+    model.nll(h, y).backward()
+    assert "head" in param_groups(model) and all(p.grad is not None for _, p in param_groups(model)["head"])
+
+
+@pytest.mark.parametrize("cutoffs", [None, [], [5, 5], [0, 5], [20, 5], [5, V]])
+def test_bad_cutoffs_are_one_line_errors(cutoffs):
+    with pytest.raises(UserError, match="model.cutoffs"):
+        RNNLM(V, ModelSpec(head="adaptive", cutoffs=cutoffs))
+
+
+def test_tying_needs_the_full_head():
+    with pytest.raises(UserError, match="tie_weights=true needs model.head=full"):
+        ModelSpec(head="adaptive", cutoffs=[5], tie_weights=True, embedding_size=8, hidden_size=8)
+
+
+def test_variational_dropout_keeps_one_mask_per_sequence():
+    model = tiny("gru", dropout=0.5, variational=True).train()
+    out = model.dropout(torch.ones(B, 40, 12), 0.5)  # (B, T, D)
+    assert torch.equal(out, out[:, :1].expand_as(out))  # the same at every step
+    assert {0.0, 2.0} == set(out.unique().tolist())
+    standard = tiny("gru", dropout=0.5).train().dropout(torch.ones(B, 40, 12), 0.5)
+    assert not torch.equal(standard, standard[:, :1].expand_as(standard))
+
+
+def test_embedding_dropout_drops_whole_words():
+    model = tiny("gru", embedding_dropout=0.5).train()
+    tokens = torch.arange(V).repeat(2, 1)  # every word twice
+    emb = model.embed(tokens)
+    dropped = (emb == 0).all(-1)  # (2, V)
+    assert torch.equal(dropped[0], dropped[1]) and 0 < dropped[0].sum() < V
+    assert torch.equal(model.eval().embed(tokens), model.embedding(tokens))
+
+
+def test_uniform_init_puts_every_parameter_in_range():
+    model = tiny("lstm", 2, init="uniform", init_range=0.05)
+    assert all(p.abs().max() <= 0.05 and p.abs().max() > 0.04 for p in model.parameters())
+    torch_init = tiny("lstm", init="torch")
+    assert torch_init.rnn.bias_hh_l0.abs().max() > 0  # PyTorch's default, not rnnlab's zero bias
+    assert tiny("lstm").rnn.bias_hh_l0.abs().max() == 0

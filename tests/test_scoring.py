@@ -16,19 +16,34 @@ from rnnlab.scoring import batchify, perplexity, score_stream, summary
 V = 13
 
 
-class UniformLM(nn.Module):
+class Scored(nn.Module):
+    """The project's model interface: forward = scores(features), nll from the features."""
+
+    def forward(self, tokens, hidden=None):
+        h, hidden = self.features(tokens, hidden)
+        return self.scores(h), hidden
+
+    def nll(self, h, y, reduction="mean"):
+        logits = self.scores(h)
+        return F.cross_entropy(logits.reshape(-1, V), y.reshape(-1), reduction=reduction)
+
+
+class UniformLM(Scored):
     """Equal logits for every token: the model that knows nothing."""
 
     def __init__(self) -> None:
         super().__init__()
         self.unused = nn.Parameter(torch.zeros(()))  # a device to run on
 
-    def forward(self, tokens, hidden=None):
+    def features(self, tokens, hidden=None):
         b, t = tokens.shape
         return torch.zeros(b, t, V), torch.zeros(1, b, 1)  # (B, T, V), a dummy hidden state
 
+    def scores(self, h):
+        return h
 
-class TinyLM(nn.Module):
+
+class TinyLM(Scored):
     """Embedding + GRU or LSTM + Linear with the project's interface."""
 
     def __init__(self, cell: type[nn.RNNBase] = nn.GRU) -> None:
@@ -40,10 +55,12 @@ class TinyLM(nn.Module):
             self.head = nn.Linear(16, V)
         self.modes: list[bool] = []
 
-    def forward(self, tokens, hidden=None):
+    def features(self, tokens, hidden=None):
         self.modes.append(self.training)
-        out, hidden = self.rnn(self.emb(tokens), hidden)  # (B, T, H)
-        return self.head(out), hidden  # (B, T, V)
+        return self.rnn(self.emb(tokens), hidden)  # (B, T, H)
+
+    def scores(self, h):
+        return self.head(h)  # (B, T, V)
 
 
 def stream(n: int = 103) -> torch.Tensor:

@@ -230,3 +230,34 @@ def test_plateau_schedule_steps_once_per_validation(vocab_dir, tmp_path):
     db = sqlite3.connect(tmp_path / "mlflow.db")
     lrs = sorted({v for (v,) in db.execute("select value from metrics where key = 'train/lr'")}, reverse=True)
     assert lrs[0] == 1.0 and len(lrs) <= 4  # at most one halving per validation (3 before the last steps)
+
+
+def test_step_schedule_with_epochs_as_the_budget(vocab_dir, tmp_path, capsys):
+    """Zaremba et al.'s schedule: lr × factor after every epoch from step_start_epoch on; trainer.max_epochs
+    is the budget (max_steps -1), validation once per epoch."""
+    job = tiny_job(vocab_dir, tmp_path, max_steps=-1, max_epochs=4, val_check_interval=1.0,
+                   check_val_every_n_epoch=1, log_every_n_steps=1, limit_train_batches=6)
+    job.optim = OptimSpec(algorithm="sgd", lr=1.0, schedule="step", step_start_epoch=2, step_factor=0.5)
+    metrics = training.train(job)
+    db = sqlite3.connect(tmp_path / "mlflow.db")
+    lrs = sorted({v for (v,) in db.execute("select value from metrics where key = 'train/lr'")}, reverse=True)
+    assert lrs == [1.0, 0.5, 0.25]  # epochs 1-2 at lr, then halved after epochs 2 and 3
+    vals = db.execute("select count(distinct step) from metrics where key = 'val/loss'").fetchone()[0]
+    assert vals == 4 and metrics["step"] == 24  # one validation per epoch, whole epochs
+    assert "ETA" in capsys.readouterr().out  # the progress line knows the length of an epoch budget
+
+
+def test_adaptive_head_trains_scores_and_samples(vocab_dir, tmp_path):
+    from rnnlab import sampling
+    from rnnlab.schema import SampleSpec
+
+    job = tiny_job(vocab_dir, tmp_path, max_steps=60)
+    job.model = ModelSpec(cell="gru", embedding_size=8, hidden_size=16, head="adaptive", cutoffs=[4, 12])
+    metrics = training.train(job)
+    assert metrics["val_loss"] < 3.0  # ln(|V|) = 3.4 at the start
+    db = sqlite3.connect(tmp_path / "mlflow.db")
+    assert db.execute("select count(*) from metrics where key = 'grad_group/head'").fetchone()[0] > 0
+    vocab_ = vocab.Vocab.load(vocab_dir / "vocab.json")
+    model, _ = checkpoint.load_model(tmp_path / "train" / "model", vocab_)
+    out = sampling.sample(model, vocab_, SampleSpec(num_samples=4, max_length=30, unk="reject", top_k=10))
+    assert len(out) == 4 and all(vocab.UNK_ID not in s.ids for s in out)

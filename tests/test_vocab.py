@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 
 import numpy as np
@@ -107,3 +108,56 @@ def test_hash_is_stable_and_content_sensitive():
     b = V.build(TEXT["train"], V.VocabSpec(level="char"), line_corpus=False)
     c = V.build(TEXT["train"], V.VocabSpec(level="char"), line_corpus=True)
     assert a.hash == b.hash != c.hash
+
+
+# --- the corpus's own <unk> (vocab.unk_token) ------------------------------------------------------------
+
+PTB_STYLE = " the <unk> sat on N mats \n a <unk> dog ran \n the cat sat \n"
+
+
+@pytest.mark.parametrize("tokenizer", ["whitespace", "words"])
+def test_literal_unk_is_the_vocabularys_unk(tokenizer):
+    spec = V.VocabSpec(level="word", tokenizer=tokenizer, min_freq=1, max_size=None)
+    voc = V.build(PTB_STYLE, spec, line_corpus=False)
+    words = set(PTB_STYLE.split()) - {"<unk>"}
+    assert len(voc) == len(words) + 2 and voc.tokens.count("<unk>") == 1  # + <eos>, <unk>
+    assert voc.tokenize("a <unk> b\n") == ["a", "<unk>", "b", "<eos>"]  # one token, also for `words`
+    ids = voc.encode(PTB_STYLE)
+    assert ids.tolist().count(V.UNK_ID) == PTB_STYLE.count("<unk>")
+    assert voc.decode(voc.encode("the <unk> sat\n")) == "the <unk> sat\n"
+
+
+def test_custom_unk_token_is_stored_hashed_and_loaded(tmp_path):
+    spec = V.VocabSpec(level="word", tokenizer="words", min_freq=1, unk_token="[UNK]", lowercase=True)
+    voc = V.build("The [UNK] sat.\n[unk] ran\n", spec, line_corpus=False)
+    assert "[UNK]" not in voc.tokens and "[unk]" not in voc.tokens and "[" not in voc.tokens
+    assert voc.encode("a [UNK] b\n").tolist()[1] == V.UNK_ID
+    voc.save(tmp_path / "vocab.json")
+    assert json.loads((tmp_path / "vocab.json").read_text())["unk_token"] == "[UNK]"
+    loaded = V.Vocab.load(tmp_path / "vocab.json")
+    assert loaded.unk_token == "[UNK]" and loaded.hash == voc.hash
+    default = V.build("The [UNK] sat.\n[unk] ran\n", V.VocabSpec(level="word", min_freq=1, lowercase=True), False)
+    assert default.hash != voc.hash
+
+
+def test_default_unk_token_keeps_old_hashes_and_files(tmp_path):
+    """Vocabularies written before unk_token existed load as `<unk>` with the same hash."""
+    voc = V.build(TEXT["train"], V.VocabSpec(level="word"), line_corpus=False)
+    data = voc.to_json()
+    assert "unk_token" not in data
+    keys = {k: data[k] for k in ("level", "tokens", "lowercase", "tokenizer", "newline_is_eos")}
+    assert voc.hash == hashlib.sha256(json.dumps(keys, sort_keys=True).encode()).hexdigest()[:16]
+    (tmp_path / "old.json").write_text(json.dumps(data))
+    assert V.Vocab.load(tmp_path / "old.json").unk_token == "<unk>"
+
+
+def test_unk_token_has_no_effect_at_char_level():
+    a = V.build("a <unk> b\n", V.VocabSpec(level="char"), line_corpus=False)
+    b = V.build("a <unk> b\n", V.VocabSpec(level="char", unk_token="[X]"), line_corpus=False)
+    assert a.hash == b.hash and "<" in a.tokens and V.UNK_ID not in a.encode("a <unk> b\n")
+
+
+@pytest.mark.parametrize("bad", ["", "< unk >", "<eos>"])
+def test_bad_unk_token(bad):
+    with pytest.raises(UserError, match="vocab.unk_token="):
+        V.VocabSpec(level="word", unk_token=bad)

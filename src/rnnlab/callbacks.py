@@ -16,6 +16,7 @@ post-clip norm is measured).
 
 from __future__ import annotations
 
+import math
 import time
 
 import torch
@@ -128,21 +129,23 @@ class FinalValidation(Callback):
 
 
 class LinePrinter(Callback):
-    """Quiet, line-based progress for CI and DVC logs (a Rich bar is used in a terminal):
-    step, loss, last validation, tokens/s and the time left at the pace so far."""
+    """Quiet, line-based progress for CI and DVC logs (a Rich bar is used in a terminal): about ten lines
+    a run, each with the step, loss, last validation, tokens/s and the time left at the pace so far."""
 
-    def __init__(self, every: int) -> None:
-        self.every, self.start = max(every, 1), None
+    def __init__(self) -> None:
+        self.every, self.total, self.start = 25, None, None
 
     def on_train_start(self, trainer, pl_module) -> None:
+        total = trainer.estimated_stepping_batches  # max_steps, or the epochs' batches (inf with max_time only)
+        self.total = int(total) if math.isfinite(total) else None
+        self.every = max(self.total // 10, min(25, self.total)) if self.total else 25
         self.start = (time.perf_counter(), trainer.global_step)  # a resumed run counts from where it resumed
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
         step = trainer.global_step
         if step % self.every == 0:
             m = trainer.callback_metrics
-            parts = [f"step {step}/{trainer.max_steps if trainer.max_steps > 0 else '?'}",
-                     f"loss {float(outputs['loss']):.3f}"]
+            parts = [f"step {step}/{self.total or '?'}", f"loss {float(outputs['loss']):.3f}"]
             if "val/loss" in m:
                 parts.append(f"val {float(m['val/loss']):.3f}")
             if "train/tokens_per_s" in m:
@@ -152,7 +155,7 @@ class LinePrinter(Callback):
 
     def eta(self, trainer) -> str:
         (t0, step0), step = self.start or (time.perf_counter(), 0), trainer.global_step
-        if trainer.max_steps <= 0 or step <= step0:
+        if not self.total or step <= step0:
             return "?"
-        left = (time.perf_counter() - t0) / (step - step0) * (trainer.max_steps - step)
+        left = (time.perf_counter() - t0) / (step - step0) * max(self.total - step, 0)
         return f"{int(left // 60)}m{int(left % 60):02d}s"

@@ -16,7 +16,6 @@ import time
 import lightning.pytorch as pl
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from rnnlab import scoring
 from rnnlab.errors import UserError
@@ -63,10 +62,11 @@ class LitLM(pl.LightningModule):
 
     def training_step(self, batch, batch_idx):
         x, y = batch  # (B, T), (B, T)
-        logits, hidden = self.model(x, self.hidden)  # (B, T, V)
+        h, hidden = self.model.features(x, self.hidden)  # (B, T, H)
         self.hidden = detach_hidden(hidden)
-        loss = F.cross_entropy(logits.reshape(-1, logits.size(-1)), y.reshape(-1))
+        loss = self.model.nll(h, y)
         self._tokens += y.numel()
+        self._lr = self.trainer.optimizers[0].param_groups[0]["lr"]  # an epoch schedule steps before batch end
         self.log("train/loss", loss, on_step=True, prog_bar=True)
         return loss
 
@@ -75,7 +75,7 @@ class LitLM(pl.LightningModule):
         if step % self.trainer.log_every_n_steps == 0:
             now = time.perf_counter()
             self.log("train/tokens_per_s", self._tokens / max(now - self._clock, 1e-9))
-            self.log("train/lr", self.trainer.optimizers[0].param_groups[0]["lr"])
+            self.log("train/lr", self._lr)  # the lr this step used
             self._tokens, self._clock = 0, now
             self.history["train"].append([step, float(outputs["loss"])])
 
@@ -115,6 +115,10 @@ class LitLM(pl.LightningModule):
         optimizer = OPTIMIZERS[spec.algorithm](self.model.parameters(), **kwargs)
         if spec.schedule == "none":
             return optimizer
+        if spec.schedule == "step":  # epoch e (1-based) trains with lr · factor^max(0, e - start)
+            decay = torch.optim.lr_scheduler.LambdaLR(
+                optimizer, lambda epoch: spec.step_factor ** max(0, epoch + 1 - spec.step_start_epoch))
+            return {"optimizer": optimizer, "lr_scheduler": {"scheduler": decay, "interval": "epoch"}}
         plateau = torch.optim.lr_scheduler.ReduceLROnPlateau(
             optimizer, factor=spec.plateau_factor, patience=spec.plateau_patience)
         # Step the schedule once per validation (patience counts validations), not once per batch.

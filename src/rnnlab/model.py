@@ -1,14 +1,20 @@
-"""The language model's architecture: embedding → recurrent core (RNN, GRU or LSTM) → linear head.
+"""The language model's architecture: embedding → recurrent core (RNN, GRU or LSTM) → output head.
 
-A plain `nn.Module`, architecture only; loss, optimiser and logging live in the LightningModule.
-All three cells share one `forward(tokens, hidden) -> (logits, hidden)`; the cell is picked by one lookup
-in `CELLS`. The hidden state is whatever the cell returns (a tensor, or `(h, c)` for the LSTM), so code
+A plain `nn.Module`, architecture only; optimiser and logging live in the LightningModule.
+All three cells share one `forward(tokens, hidden) -> (scores, hidden)`; the cell is picked by one lookup
+in `CELLS`. The head (`model.head`) is a linear layer over the vocabulary with a softmax (`full`; scores are
+logits) or the adaptive softmax of Grave et al. 2017 (`adaptive`, `torch.nn.AdaptiveLogSoftmaxWithLoss`;
+scores are log-probabilities over the full vocabulary, so sampling and the probes treat both alike). For
+the loss, `features` + `nll` skip the full distribution: the adaptive head then computes only the clusters
+a target falls in, which is its speed-up on large vocabularies, and still the exact NLL of a normalised
+distribution over every word. The hidden state is whatever the cell returns (a tensor, or `(h, c)` for the LSTM), so code
 that handles it (`detach_hidden`, `reset_hidden_where`) goes through `tree_map` instead of branching on
 the cell type. `hidden=None` means the zero state, for every cell.
 
     model = RNNLM(vocab_size=len(vocab), spec=ModelSpec(cell="lstm", num_layers=2))
     logits, hidden = model(x)                          # (B, T, V)
     logits, hidden = model(x_next, detach_hidden(hidden))  # next window of the same streams
+    h, hidden = model.features(x); loss = model.nll(h, y)   # the training loss, any head
 """
 
 from __future__ import annotations
@@ -17,9 +23,11 @@ import re
 from typing import Callable, Union
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from rnnlab import recurrence
+from rnnlab.errors import UserError
 from rnnlab.schema import CELL_NAMES, ModelSpec
 from rnnlab.vocab import EOS_ID
 
@@ -39,7 +47,11 @@ class RNNLM(nn.Module):
         self.rnn = CELLS[spec.cell](spec.embedding_size, spec.hidden_size, spec.num_layers,
                                     batch_first=True, dropout=between)
         self.drop = nn.Dropout(spec.dropout)
-        self.head = nn.Linear(spec.hidden_size, vocab_size)
+        if spec.head == "adaptive":
+            self.head = nn.AdaptiveLogSoftmaxWithLoss(spec.hidden_size, vocab_size, check_cutoffs(spec, vocab_size),
+                                                      div_value=spec.div_value)
+        else:
+            self.head = nn.Linear(spec.hidden_size, vocab_size)
         self._init_weights()
         if spec.tie_weights:
             # Share the input and output embedding (Press & Wolf 2017; Inan et al. 2017).
@@ -47,10 +59,20 @@ class RNNLM(nn.Module):
 
     @torch.no_grad()
     def _init_weights(self) -> None:
+        r = self.spec.init_range
+        if self.spec.init == "uniform":  # every parameter from U(-r, r) (Zaremba et al. 2014)
+            for p in self.parameters():
+                nn.init.uniform_(p, -r, r)
+            return
         # Small uniform embedding and head, as in pytorch/examples word_language_model.
-        nn.init.uniform_(self.embedding.weight, -0.1, 0.1)
-        nn.init.uniform_(self.head.weight, -0.1, 0.1)
-        nn.init.zeros_(self.head.bias)
+        nn.init.uniform_(self.embedding.weight, -r, r)
+        for name, p in self.head.named_parameters():
+            if name == "bias":
+                nn.init.zeros_(p)
+            else:
+                nn.init.uniform_(p, -r, r)
+        if self.spec.init == "torch":  # the recurrent core keeps PyTorch's U(-1/sqrt(H), 1/sqrt(H))
+            return
         for name, p in self.rnn.named_parameters():
             if name.startswith("weight_hh"):
                 # Orthogonal per gate block: the recurrent map starts norm-preserving (Saxe et al. 2014).
@@ -65,35 +87,82 @@ class RNNLM(nn.Module):
             for layer in range(self.spec.num_layers):
                 getattr(self.rnn, f"bias_ih_l{layer}")[h: 2 * h].fill_(1.0)
 
-    def embed(self, tokens: torch.Tensor) -> torch.Tensor:
-        return self.embedding(tokens)  # (B, T) -> (B, T, E)
+    # --- the parts -------------------------------------------------------------------------------------
 
-    def forward_from_embeddings(self, emb: torch.Tensor, hidden: Hidden = None) -> tuple[torch.Tensor, Hidden]:
-        """The model after the embedding lookup, so callers can take gradients w.r.t. the inputs."""
+    def embed(self, tokens: torch.Tensor) -> torch.Tensor:
+        """(B, T) -> (B, T, E); in training, embedding dropout removes whole words (Gal & Ghahramani 2016)."""
+        p = self.spec.embedding_dropout
+        if not (self.training and p > 0):
+            return self.embedding(tokens)
+        keep = self.embedding.weight.new_empty(self.vocab_size, 1).bernoulli_(1 - p) / (1 - p)  # (V, 1)
+        return F.embedding(tokens, self.embedding.weight * keep)
+
+    def dropout(self, x: torch.Tensor, p: float) -> torch.Tensor:
+        """Dropout on (B, T, D); `model.variational`: one mask per sequence, the same at every step."""
+        if not (self.training and p > 0):
+            return x
+        if not self.spec.variational:
+            return F.dropout(x, p, True)
+        return x * x.new_empty(x.size(0), 1, x.size(2)).bernoulli_(1 - p) / (1 - p)
+
+    def core(self, emb: torch.Tensor, hidden: Hidden = None) -> tuple[torch.Tensor, Hidden]:
+        """Embeddings (B, T, E) -> the recurrent core's outputs, dropout applied, ready for the head."""
+        emb = self.dropout(emb, self.spec.input_dropout)
         if recurrence.supports(self.rnn, emb):  # CPU training: the hand-written BPTT, same maths
             out, hidden = recurrence.run(self.rnn, emb, hidden)
         else:
             out, hidden = self.rnn(emb, hidden)  # (B, T, H); hidden (L, B, H) or a tuple of those
-        return self.head(self.drop(out)), hidden  # (B, T, V)
+        if self.spec.variational:
+            return self.dropout(out, self.spec.dropout), hidden
+        return self.drop(out), hidden
+
+    def scores(self, h: torch.Tensor) -> torch.Tensor:
+        """(..., H) -> (..., V): logits (full head) or log-probabilities (adaptive head)."""
+        if self.spec.head == "adaptive":
+            return self.head.log_prob(h.reshape(-1, h.size(-1))).reshape(*h.shape[:-1], self.vocab_size)
+        return self.head(h)
+
+    def nll(self, h: torch.Tensor, targets: torch.Tensor, reduction: str = "mean") -> torch.Tensor:
+        """The negative log-likelihood of `targets` (B, T) given features `h` (B, T, H), "mean" or "sum"."""
+        if self.spec.head == "adaptive":
+            logp = self.head(h.reshape(-1, h.size(-1)), targets.reshape(-1)).output  # target log-probs
+            return -(logp.mean() if reduction == "mean" else logp.sum())
+        logits = self.head(h)
+        return F.cross_entropy(logits.reshape(-1, logits.size(-1)), targets.reshape(-1), reduction=reduction)
+
+    # --- the whole model ---------------------------------------------------------------------------------
+
+    def forward_from_embeddings(self, emb: torch.Tensor, hidden: Hidden = None) -> tuple[torch.Tensor, Hidden]:
+        """The model after the embedding lookup, so callers can take gradients w.r.t. the inputs."""
+        h, hidden = self.core(emb, hidden)
+        return self.scores(h), hidden  # (B, T, V)
 
     def forward(self, tokens: torch.Tensor, hidden: Hidden = None) -> tuple[torch.Tensor, Hidden]:
-        if self.spec.reset_at_eos:
-            return self._forward_with_resets(tokens, hidden)
-        return self.forward_from_embeddings(self.embed(tokens), hidden)
+        h, hidden = self.features(tokens, hidden)
+        return self.scores(h), hidden  # (B, T, V)
 
-    def _forward_with_resets(self, tokens: torch.Tensor, hidden: Hidden) -> tuple[torch.Tensor, Hidden]:
-        """Restart a stream from the zero state wherever its input is <eos> (the start token of a line).
-
-        The window is cut at every step where some row sees <eos>; between cuts the cell runs as usual.
-        """
+    def features(self, tokens: torch.Tensor, hidden: Hidden = None) -> tuple[torch.Tensor, Hidden]:
+        """Tokens (B, T) -> the head's input (B, T, H) and the state after the last step."""
+        if not self.spec.reset_at_eos:
+            return self.core(self.embed(tokens), hidden)
+        # Restart a stream from the zero state wherever its input is <eos> (the start token of a line):
+        # the window is cut at every step where some row sees <eos>; between cuts the cell runs as usual.
         starts = tokens == EOS_ID  # (B, T)
         cuts = [0] + [t for t in starts.any(0).nonzero().flatten().tolist() if t > 0] + [tokens.size(1)]
         pieces = []
         for a, b in zip(cuts, cuts[1:]):
             hidden = reset_hidden_where(hidden, starts[:, a])
-            logits, hidden = self.forward_from_embeddings(self.embed(tokens[:, a:b]), hidden)
-            pieces.append(logits)
-        return torch.cat(pieces, dim=1), hidden  # (B, T, V)
+            h, hidden = self.core(self.embed(tokens[:, a:b]), hidden)
+            pieces.append(h)
+        return torch.cat(pieces, dim=1), hidden  # (B, T, H)
+
+
+def check_cutoffs(spec: ModelSpec, vocab_size: int) -> list[int]:
+    cutoffs = spec.cutoffs or []
+    if not cutoffs or cutoffs != sorted(set(cutoffs)) or cutoffs[0] < 1 or cutoffs[-1] >= vocab_size:
+        raise UserError(f"model.cutoffs={spec.cutoffs}: the adaptive head needs increasing cluster boundaries "
+                        f"between 1 and the vocabulary size - 1 ({vocab_size - 1}), e.g. model.cutoffs=[2000,10000]")
+    return cutoffs
 
 
 def tree_map(fn: Callable[[torch.Tensor], torch.Tensor], hidden: Hidden) -> Hidden:

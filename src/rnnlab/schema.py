@@ -25,12 +25,16 @@ from rnnlab.errors import UserError
 
 SOURCES = ("shakespeare", "file", "url", "agreement")
 FORMATS = ("text", "lines")
+ENCODINGS = ("utf-8", "bytes")
+SPLIT_NAMES = ("train", "val", "test")
 NORMALIZATIONS = ("NFC", "NFKC", "NFD", "NFKD", "none")
 LEVELS = ("char", "word")
 TOKENIZER_NAMES = ("words", "whitespace")
 CELL_NAMES = ("rnn", "gru", "lstm")
+HEADS = ("full", "adaptive")
+INITS = ("rnnlab", "uniform", "torch")
 OPTIMIZER_NAMES = ("adam", "adamw", "sgd")
-SCHEDULES = ("none", "plateau")
+SCHEDULES = ("none", "plateau", "step")
 UNK_POLICIES = ("allow", "reject")
 
 
@@ -93,13 +97,18 @@ class CorpusSpec:
     source: str = "shakespeare"
     format: str = "text"
     path: str | list[str] | None = None
+    splits: dict | None = None  # pre-split: train / val / test -> path(s) (file) or {url, sha256} (url)
     url: str | None = None
     sha256: str | None = None
+    members: str | dict | None = None  # archive at url: one member, or train / val / test -> member
+    encoding: str = "utf-8"  # utf-8 | bytes: one character per byte (latin-1), so bpc is bits per byte
     normalize: str = "NFC"
     lowercase: bool = False
     max_chars: int | None = None
     val_frac: float = 0.05
     test_frac: float = 0.05
+    val_chars: int | None = None  # exact cuts: the last test_chars characters are test, the val_chars before val
+    test_chars: int | None = None
     split_seed: int = 0
     generator: dict | None = None  # corpus=agreement: AgreementSpec keys
 
@@ -108,6 +117,7 @@ class CorpusSpec:
         one_of("corpus.source", self.source, SOURCES)
         one_of("corpus.format", self.format, FORMATS)
         one_of("corpus.normalize", self.normalize, NORMALIZATIONS)
+        one_of("corpus.encoding", self.encoding, ENCODINGS)
         fracs_ok = 0 <= self.val_frac < 1 and 0 <= self.test_frac < 1 and self.val_frac + self.test_frac < 1
         if not fracs_ok:
             raise UserError(
@@ -116,12 +126,89 @@ class CorpusSpec:
             )
         if self.max_chars is not None and self.max_chars < 1:
             raise UserError(f"corpus.max_chars={self.max_chars} must be a positive number of characters or null")
+        if self.encoding == "bytes" and self.normalize != "none":
+            raise UserError(f"corpus.encoding=bytes keeps every byte as one character; set corpus.normalize=none "
+                            f"(not {self.normalize})")
         if self.generator is not None:
             try:
                 AgreementSpec(**self.generator)
             except TypeError:
                 raise UserError(f"corpus.generator has an unknown key ({', '.join(self.generator)}); valid keys: "
                                 f"{', '.join(f.name for f in dataclasses.fields(AgreementSpec))}") from None
+        check_corpus_inputs(self)
+        check_char_cuts(self)
+
+    @property
+    def split_inputs(self) -> dict:
+        """A pre-split corpus's inputs, split -> value (from corpus.splits, or corpus.members as a mapping);
+        {} for a single text that `corpus.split` divides."""
+        for given in (self.splits, self.members):
+            if isinstance(given, dict) and any(v is not None for v in given.values()):
+                return {name: value for name, value in given.items() if value is not None}
+        return {}
+
+
+def check_corpus_inputs(spec: CorpusSpec) -> None:
+    """One input (corpus.path, or corpus.url with an optional archive member) or one per split, never both."""
+    for key in ("splits", "members"):
+        value = getattr(spec, key)
+        unknown = sorted(set(value) - set(SPLIT_NAMES)) if isinstance(value, dict) else []
+        if unknown:
+            raise UserError(f"corpus.{key}.{unknown[0]} is not a split; use train, val and test")
+    if isinstance(spec.members, dict) and not all(v is None or isinstance(v, str) for v in spec.members.values()):
+        raise UserError(f"corpus.members={spec.members!r}: expected a member name, "
+                        "or train / val / test -> member name")
+    splits = {k: v for k, v in (spec.splits or {}).items() if v is not None}
+    if splits and spec.source not in ("file", "url"):
+        raise UserError(f"corpus.splits is for corpus=file or corpus=url, not source {spec.source}; remove it")
+    if splits and (spec.path is not None or spec.url is not None):
+        key = "path" if spec.path is not None else "url"
+        raise UserError(f"corpus.{key} and corpus.splits are both set; give one: corpus.{key} (one text, split by "
+                        "val_frac / test_frac) or corpus.splits (one input per split)")
+    if spec.members is not None and (spec.source != "url" or spec.url is None):
+        raise UserError("corpus.members names files inside the archive at corpus.url (corpus=url); "
+                        "set corpus.url or remove corpus.members")
+    given = spec.split_inputs
+    if given and not {"train", "val"} <= set(given):
+        key = "splits" if splits else "members"
+        missing = "train" if "train" not in given else "val"
+        raise UserError(f"corpus.{key}.{missing} is not set; a pre-split corpus needs train and val (test may be null)")
+    if spec.source == "file" and not given and not spec.path:
+        raise UserError("corpus=file needs a path: set corpus.path=<file, list of files or glob>, or "
+                        "corpus.splits.train=<file> corpus.splits.val=<file> [corpus.splits.test=<file>]")
+    for name, value in splits.items():
+        check_split_input(spec.source, name, value)
+    check_sha256("corpus.sha256", spec.sha256)
+
+
+def check_split_input(source: str, name: str, value: Any) -> None:
+    key = f"corpus.splits.{name}"
+    if source == "file" and not matches(value, str | list[str]):
+        raise UserError(f"{key}={value!r}: expected a path, a list of paths or a glob")
+    if source == "url":
+        if not isinstance(value, dict) or set(value) != {"url", "sha256"} or not isinstance(value["url"], str):
+            raise UserError(f"{key}={value!r}: expected {{url: <address>, sha256: <64 hex digits>}}")
+        check_sha256(f"{key}.sha256", value["sha256"])
+
+
+def check_sha256(key: str, value: Any) -> None:
+    if value is not None and not (isinstance(value, str) and len(value) == 64
+                                  and all(c in "0123456789abcdef" for c in value)):
+        raise UserError(f"{key}={value!r}: expected 64 lowercase hex digits (what sha256sum prints), or null")
+
+
+def check_char_cuts(spec: CorpusSpec) -> None:
+    """corpus.val_chars / test_chars: exact cuts of one running text (enwik8, text8), instead of the fractions."""
+    if spec.val_chars is None and spec.test_chars is None:
+        return
+    at_least("corpus.val_chars", spec.val_chars, 0)
+    at_least("corpus.test_chars", spec.test_chars, 0)
+    if spec.format != "text":
+        raise UserError("corpus.val_chars / corpus.test_chars cut running text (corpus.format=text); "
+                        "for format lines use corpus.val_frac / corpus.test_frac")
+    if spec.split_inputs:
+        raise UserError("corpus.val_chars / corpus.test_chars cut a single text, but this corpus comes pre-split "
+                        "(corpus.splits / corpus.members); set them to null")
 
 
 @dataclass(frozen=True)
@@ -149,12 +236,16 @@ class VocabSpec:
     min_freq: int = 1
     max_size: int | None = None
     tokenizer: str = "words"
+    unk_token: str = "<unk>"  # word level: this literal token in the text is the vocabulary's <unk> (PTB)
 
     def __post_init__(self) -> None:
         check_types(self, "vocab")
         one_of("vocab.level", self.level, LEVELS)
         one_of("vocab.tokenizer", self.tokenizer, TOKENIZER_NAMES)
         at_least("vocab.min_freq", self.min_freq, 1)
+        if not self.unk_token or any(c.isspace() for c in self.unk_token) or self.unk_token == "<eos>":
+            raise UserError(f"vocab.unk_token={self.unk_token!r} must be one token without spaces, "
+                            "other than <eos> (e.g. <unk>)")
 
 
 @dataclass(frozen=True)
@@ -166,14 +257,32 @@ class ModelSpec:
     dropout: float = 0.0
     tie_weights: bool = False
     reset_at_eos: bool = False  # line corpora: each line starts from the zero state, as when sampling
+    head: str = "full"  # full softmax | adaptive softmax (large vocabularies)
+    cutoffs: list[int] | None = None  # adaptive: cluster boundaries in the frequency-sorted vocabulary
+    div_value: float = 4.0  # adaptive: each cluster's projection is div_value times smaller than the last
+    init: str = "rnnlab"  # rnnlab | uniform (every parameter) | torch (PyTorch's default for the core)
+    init_range: float = 0.1  # U(-r, r) for the embedding and head (every parameter with init=uniform)
+    input_dropout: float = 0.0  # on the embeddings entering the core
+    embedding_dropout: float = 0.0  # drops whole words from the embedding matrix (AWD-LSTM)
+    variational: bool = False  # input and output dropout with one mask per sequence (Gal & Ghahramani 2016)
 
     def __post_init__(self) -> None:
         check_types(self, "model")
         one_of("model.cell", self.cell, CELL_NAMES)
+        one_of("model.head", self.head, HEADS)
+        one_of("model.init", self.init, INITS)
         for key in ("embedding_size", "hidden_size", "num_layers"):
             at_least(f"model.{key}", getattr(self, key), 1)
-        if not 0 <= self.dropout < 1:
-            raise UserError(f"model.dropout={self.dropout} must be in [0, 1)")
+        for key in ("dropout", "input_dropout", "embedding_dropout"):
+            if not 0 <= getattr(self, key) < 1:
+                raise UserError(f"model.{key}={getattr(self, key)} must be in [0, 1)")
+        if self.init_range <= 0:
+            raise UserError(f"model.init_range={self.init_range} must be positive")
+        if self.head == "adaptive" and self.div_value <= 1:
+            raise UserError(f"model.div_value={self.div_value} must be above 1 (e.g. 4)")
+        if self.head == "adaptive" and self.tie_weights:
+            raise UserError("model.tie_weights=true needs model.head=full (the adaptive head has no single "
+                            "output embedding to share); set one of them differently")
         if self.tie_weights and self.embedding_size != self.hidden_size:
             raise UserError(
                 f"model.tie_weights=true needs model.embedding_size == model.hidden_size "
@@ -191,6 +300,8 @@ class OptimSpec:
     schedule: str = "none"
     plateau_factor: float = 0.25
     plateau_patience: int = 0
+    step_start_epoch: int = 4  # schedule=step: lr × step_factor after every epoch from this one on
+    step_factor: float = 0.5
 
     def __post_init__(self) -> None:
         check_types(self, "optim")
@@ -198,6 +309,9 @@ class OptimSpec:
         one_of("optim.schedule", self.schedule, SCHEDULES)
         if self.lr <= 0:
             raise UserError(f"optim.lr={self.lr} must be positive")
+        if self.schedule == "step" and not (0 < self.step_factor <= 1 and self.step_start_epoch >= 0):
+            raise UserError(f"optim.step_factor={self.step_factor} / optim.step_start_epoch={self.step_start_epoch}: "
+                            "use a factor in (0, 1] and a start epoch >= 0 (Zaremba et al.: 0.5 after epoch 4)")
 
 
 @dataclass(frozen=True)

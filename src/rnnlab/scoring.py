@@ -26,7 +26,6 @@ import math
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from rnnlab.errors import UserError
 from rnnlab.model import Hidden, detach_hidden
@@ -58,8 +57,8 @@ def window(data: torch.Tensor, k: int, bptt: int) -> tuple[torch.Tensor, torch.T
 def window_nll(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor,
                hidden: Hidden = None) -> tuple[torch.Tensor, Hidden]:
     """Summed NLL (nats, float64 0-d tensor) of the targets `y` given `x` (B, t) and the carried state."""
-    logits, hidden = model(x, hidden)  # (B, t, V)
-    nll = F.cross_entropy(logits.flatten(0, 1).float(), y.flatten(), reduction="sum").double()
+    h, hidden = model.features(x, hidden)  # (B, t, H)
+    nll = model.nll(h.float(), y, reduction="sum").double()
     return nll, detach_hidden(hidden)
 
 

@@ -236,7 +236,7 @@ def fit(job: TrainJob, kwargs: dict, logger, resume: Path | None) -> dict:
                            save_last=True, auto_insert_metric_name=False, enable_version_counter=False)
     found = diagnostics(vocab, vocab_dir, job.gradstats)
     tty = sys.stdout.isatty()
-    progress = RichProgressBar() if tty else LinePrinter(max(kwargs.get("max_steps", 0) // 10, 25))
+    progress = RichProgressBar() if tty else LinePrinter()
     trainer = pl.Trainer(**kwargs, logger=logger, callbacks=[best, FinalValidation(), progress, *found.values(),
                                                               *job.callbacks],
                          plugins=[AtomicCheckpointIO()], enable_progress_bar=tty, default_root_dir=out,

@@ -7,6 +7,11 @@ Where `<eos>` goes:
   char level, line corpus    each line's characters, then `<eos>` instead of "\\n"
   word level (both formats)  each line's words, then `<eos>` (the PTB convention)
 
+Corpora that already replaced rare words (PTB, WikiText) write `<unk>` in the text. At word level that
+literal token (`vocab.unk_token`, default `<unk>`) is the vocabulary's own `<unk>`: the tokenizer keeps it
+whole (also the `words` tokenizer), `build` never adds it as a word, and it encodes to UNK_ID. At char
+level it has no effect (`<`, `u`, `n`, `k`, `>` stay characters).
+
 The vocabulary is saved as JSON (never pickle) with a content hash; checkpoints record the hash so a
 model is never used with another vocabulary. Encoded splits are compact integer arrays (`.npy`).
 Used by `pipeline/vocab.py`; no torch here.
@@ -46,10 +51,17 @@ class Vocab:
     tokenizer: str = "words"
     newline_is_eos: bool = False
     counts: list[int] = field(default_factory=list)
+    unk_token: str = UNK  # word level: the corpus's own unknown-word token
 
     def __post_init__(self) -> None:
         assert self.tokens[:2] == [EOS, UNK], "the specials come first"
-        self.index = {tok: i for i, tok in enumerate(self.tokens)}
+        self.index: dict[str, int] = {}
+        for i, tok in enumerate(self.tokens):
+            self.index.setdefault(tok, i)  # the specials win over a stray duplicate
+        self.unk_literal = self.unk_token.lower() if self.lowercase else self.unk_token
+        self.pattern = TOKENIZERS[self.tokenizer]
+        if self.tokenizer == "words":  # the unknown-word token stays whole (not `<`, `unk`, `>`)
+            self.pattern = re.compile(f"{re.escape(self.unk_literal)}|{self.pattern.pattern}")
 
     def __len__(self) -> int:
         return len(self.tokens)
@@ -58,8 +70,13 @@ class Vocab:
     def hash(self) -> str:
         """Content hash of what decides the ids; stored in checkpoints."""
         keys = {"level": self.level, "tokens": self.tokens, "lowercase": self.lowercase,
-                "tokenizer": self.tokenizer, "newline_is_eos": self.newline_is_eos}
+                "tokenizer": self.tokenizer, "newline_is_eos": self.newline_is_eos} | self.custom_unk
         return hashlib.sha256(json.dumps(keys, sort_keys=True).encode()).hexdigest()[:16]
+
+    @property
+    def custom_unk(self) -> dict:
+        """unk_token when not the default: stored and hashed only then (older vocabularies keep their hash)."""
+        return {} if self.unk_token == UNK else {"unk_token": self.unk_token}
 
     # --- text → tokens → ids --------------------------------------------------------------------------
 
@@ -69,10 +86,10 @@ class Vocab:
             text = text.lower()
         if self.level == "char":
             return [EOS if c == "\n" else c for c in text] if self.newline_is_eos else list(text)
-        pattern = TOKENIZERS[self.tokenizer]
-        out: list[str] = []
+        unk, out = self.unk_literal, []
         for line in text.split("\n")[: -1 if text.endswith("\n") else None]:
-            out.extend(pattern.findall(line))
+            tokens = self.pattern.findall(line)
+            out.extend(tokens if unk == UNK else [UNK if t == unk else t for t in tokens])
             out.append(EOS)
         return out
 
@@ -108,7 +125,7 @@ class Vocab:
     def to_json(self) -> dict:
         return {"level": self.level, "lowercase": self.lowercase, "tokenizer": self.tokenizer,
                 "newline_is_eos": self.newline_is_eos, "hash": self.hash, "size": len(self),
-                "tokens": self.tokens, "counts": self.counts}
+                "tokens": self.tokens, "counts": self.counts} | self.custom_unk
 
     def save(self, path: str | Path) -> None:
         write_json(path, self.to_json())
@@ -120,7 +137,7 @@ class Vocab:
         except FileNotFoundError:
             raise UserError(f"no vocabulary at {path}; run the vocab stage first: dvc repro vocab") from None
         vocab = cls(data["level"], data["tokens"], data["lowercase"], data["tokenizer"],
-                    data["newline_is_eos"], data.get("counts", []))
+                    data["newline_is_eos"], data.get("counts", []), data.get("unk_token", UNK))
         if vocab.hash != data["hash"]:
             raise UserError(f"{path} was edited (its hash does not match its content); rebuild it: dvc repro vocab")
         return vocab
@@ -128,12 +145,15 @@ class Vocab:
 
 def build(train_text: str, spec: VocabSpec, line_corpus: bool) -> Vocab:
     """Build the vocabulary from the training split only (never from val/test)."""
+    unk_token = spec.unk_token if spec.level == "word" else UNK  # no effect at char level
     probe = Vocab(spec.level, [EOS, UNK], spec.lowercase, spec.tokenizer,
-                  newline_is_eos=spec.level == "word" or line_corpus)
+                  newline_is_eos=spec.level == "word" or line_corpus, unk_token=unk_token)
     text = train_text.lower() if spec.lowercase else train_text
     counts = Counter(text) if spec.level == "char" else Counter(probe.tokenize(train_text))
     if probe.newline_is_eos:
         counts.pop("\n" if spec.level == "char" else EOS, None)
+    if spec.level == "word":
+        counts.pop(UNK, None)  # the corpus's own <unk> is ours, not a word
     kept = [(tok, n) for tok, n in counts.items() if n >= spec.min_freq]
     kept.sort(key=(lambda tn: tn[0]) if spec.level == "char" else (lambda tn: (-tn[1], tn[0])))
     if spec.max_size is not None:
@@ -148,7 +168,7 @@ def build(train_text: str, spec: VocabSpec, line_corpus: bool) -> Vocab:
             "lower vocab.min_freq or raise vocab.max_size"
         )
     return Vocab(spec.level, [EOS, UNK] + [t for t, _ in kept], spec.lowercase, spec.tokenizer,
-                 probe.newline_is_eos, [0, 0] + [n for _, n in kept])
+                 probe.newline_is_eos, [0, 0] + [n for _, n in kept], unk_token)
 
 
 class VocabDir:
