@@ -32,7 +32,7 @@ def test_variants_compose_with_hydra_compose_api():
 
 
 def test_unknown_group_option_lists_valid_ones():
-    with pytest.raises(UserError, match=r"unknown option vocab=bpe; valid options: char, word"):
+    with pytest.raises(UserError, match=r"unknown option vocab=bpe; valid options: char, pretokenized, word"):
         config.compose(["vocab=bpe"], REPO / "conf")
 
 

@@ -179,6 +179,60 @@ def test_stage_errors_are_one_line_with_exit_2_and_no_outputs(project):
     assert not (project / "data" / "prepared").exists()
 
     bad = run(["python", "-m", "rnnlab.config", "vocab=bpe"], project, check=False)
-    assert bad.returncode == 2 and bad.stderr == "error: unknown option vocab=bpe; valid options: char, word\n"
+    assert bad.returncode == 2 and bad.stderr == "error: unknown option vocab=bpe; valid options: char, pretokenized, word\n"
     bad = run(["python", "-m", "rnnlab.config", "colour=red"], project, check=False)
     assert bad.returncode == 2 and "config groups: corpus" in bad.stderr and len(bad.stderr.splitlines()) == 1
+
+
+def ptb_style_splits(project) -> dict[str, str]:
+    """Three pre-tokenised files like PTB's (a leading space, lowercase words, literal <unk>, one sentence a
+    line), deterministic; val and test use only training words, so every <unk> in them is a literal one."""
+    import random
+
+    rng = random.Random(0)
+    words = [a + b for a in ("ba", "ko", "mi", "tu", "se", "ra") for b in ("n", "l", "do", "ve", "pi", "sh", "rk")]
+    texts = {}
+    for name, lines in (("a.txt", 300), ("b.txt", 40), ("c.txt", 40)):
+        texts[name] = "".join(" " + " ".join("<unk>" if rng.random() < 0.15 else rng.choice(words)
+                                             for _ in range(rng.randint(4, 14))) + " \n" for _ in range(lines))
+        (project / name).write_text(texts[name], encoding="utf-8")
+    return texts
+
+
+def test_dvc_exp_run_on_pretokenized_splits_keeps_one_unk_and_never_samples_it(project):
+    """A PTB-shaped corpus given as three files (corpus=file, corpus.splits.*) with vocab=pretokenized: the
+    text's <unk> is the vocabulary's own, token counts are the files' words plus one <eos> a line, and the
+    samples never show <unk> (rejected and counted, sample.unk=reject)."""
+    texts = ptb_style_splits(project)
+    # TINY's model and sizes; enough steps (and lr) to learn that <unk> is frequent, so samples draw it.
+    changed = ("corpus", "trainer.max_steps", "trainer.val_check_interval", "sample.num_samples")
+    shrink = [o for o in TINY if not o.startswith(changed)]
+    overrides = ["corpus=file", "corpus.splits.train=a.txt", "corpus.splits.val=b.txt", "corpus.splits.test=c.txt",
+                 "vocab=pretokenized", "sample.unk=reject", *shrink, "trainer.max_steps=60",
+                 "trainer.val_check_interval=30", "optim.lr=0.03", "sample.num_samples=6"]
+    run(["python", "-m", "rnnlab.config", *overrides], project)
+    run([*GIT, "add", "-A"], project)
+    run([*GIT, "commit", "-qm", "ptb-style splits"], project)
+    run(["dvc", "exp", "run", *[a for o in overrides for a in ("-S", o)]], project)
+
+    stats = json.loads((project / "data" / "vocab" / "stats.json").read_text())
+    for split, name in (("train", "a.txt"), ("val", "b.txt"), ("test", "c.txt")):
+        text = texts[name]
+        assert stats["splits"][split]["tokens"] == len(text.split()) + text.count("\n"), split
+        assert stats["splits"][split]["unk"] == text.split().count("<unk>"), split  # each literal one, no more
+    tokens = json.loads((project / "data" / "vocab" / "vocab.json").read_text())["tokens"]
+    assert tokens[:2] == ["<eos>", "<unk>"] and tokens.count("<unk>") == 1  # no second <unk> as a word
+    assert len(tokens) == stats["size"] == len(set(texts["a.txt"].split()) - {"<unk>"}) + 2
+
+    samples = project / "data" / "samples"
+    assert "<unk>" not in (samples / "samples.txt").read_text()
+    saved = json.loads((samples / "samples.json").read_text())
+    assert saved["samples"] and all("<unk>" not in s["text"] for s in saved["samples"])
+    rate = saved["stats"]["unk_rejection_rate"]  # <unk> draws redrawn, per token drawn
+    assert 0 < rate < 1 and rate == sum(s["unk_rejections"] for s in saved["samples"]) / sum(
+        s["length"] + (s["stopped"] == "eos") for s in saved["samples"])
+    evaluated = json.loads((project / "data" / "eval" / "metrics.json").read_text())
+    assert evaluated["samples"]["unk_rejection_rate"] == rate  # a DVC metric, beside test.ppl
+    db = sqlite3.connect(project / "mlflow.db")
+    logged = db.execute("select value from metrics where key = 'samples/unk_rejection_rate'").fetchall()
+    assert logged and logged[-1][0] == pytest.approx(rate)
