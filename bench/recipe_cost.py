@@ -21,6 +21,8 @@ def tokens_per_s(cfg, steps: int, warmup: int = 3) -> float:
     import lightning.pytorch as pl
     from torch.utils.data import DataLoader
 
+    import warnings
+
     from rnnlab import runtime
     from rnnlab.callbacks import GradientStats
     from rnnlab.config import section
@@ -32,6 +34,7 @@ def tokens_per_s(cfg, steps: int, warmup: int = 3) -> float:
     from word_throughput import zipf_stream
 
     runtime.configure(None)
+    warnings.filterwarnings("ignore", message=".*(val_dataloader|ReduceLROnPlateau conditioned).*")  # no val here
     pl.seed_everything(0, verbose=False)
     model, optim, data = section(cfg, ModelSpec, "model"), section(cfg, OptimSpec, "optim"), section(cfg, DataSpec, "data")
     windows = StreamWindows(zipf_stream(PTB_VOCAB, data.batch_size * (data.bptt * (steps + warmup) + 1)),
