@@ -71,3 +71,24 @@ def test_datamodule_short_split_and_missing_split(tmp_path):
         dm.train_dataloader()
     with pytest.raises(UserError, match="data.bptt=0"):
         StreamDataModule(tmp_path, batch_size=4, bptt=0, eval_batch_size=2)
+
+
+def test_data_parallel_processes_own_contiguous_shares_of_the_streams():
+    """DDP with W processes: process r gets rows r*B/W ... of every window, in order; together they are the
+    single process's batch, so the all-reduced gradient is the single process's."""
+    ids = np.arange(4 * 40)
+    whole = StreamWindows(ids, batch_size=4, bptt=5)
+    parts = [StreamWindows(ids, batch_size=4, bptt=5, part=(rank, 2)) for rank in range(2)]
+    assert len(parts[0]) == len(parts[1]) == len(whole)
+    for k in range(len(whole)):
+        for i in (0, 1):  # x, then y
+            torch.testing.assert_close(torch.cat([parts[0][k][i], parts[1][k][i]]), whole[k][i])
+
+
+def test_a_batch_that_does_not_divide_among_processes_is_a_user_error(tmp_path):
+    from types import SimpleNamespace
+
+    dm = StreamDataModule(write_splits(tmp_path, {"train": 1000, "val": 300}), batch_size=6, bptt=7, eval_batch_size=4)
+    dm.trainer = SimpleNamespace(global_rank=0, world_size=4)
+    with pytest.raises(UserError, match=r"data.batch_size=6 does not divide among 4 processes"):
+        dm.setup("fit")

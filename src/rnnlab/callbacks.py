@@ -76,7 +76,7 @@ class GradientThroughTime(Callback):
         self.window, self.curves = window, []
 
     def on_validation_epoch_end(self, trainer, pl_module) -> None:
-        if trainer.sanity_checking:
+        if trainer.sanity_checking or not trainer.is_global_zero:  # DDP: one process probes and logs
             return
         x, y = (t.to(pl_module.device) for t in self.window)
         with torch.inference_mode(False), torch.enable_grad():
@@ -103,7 +103,7 @@ class ValidationSamples(Callback):
 
     def on_validation_epoch_end(self, trainer, pl_module) -> None:
         logger = trainer.logger
-        if trainer.sanity_checking or not hasattr(logger, "run_id"):
+        if trainer.sanity_checking or not trainer.is_global_zero or not hasattr(logger, "run_id"):
             return
         step = trainer.global_step
         samples = sample(pl_module.model, self.vocab, SampleSpec(num_samples=self.count, max_length=self.length,
@@ -143,7 +143,7 @@ class LinePrinter(Callback):
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
         step = trainer.global_step
-        if step % self.every == 0:
+        if step % self.every == 0 and trainer.is_global_zero:
             m = trainer.callback_metrics
             parts = [f"step {step}/{self.total or '?'}", f"loss {float(outputs['loss']):.3f}"]
             if "val/loss" in m:

@@ -209,7 +209,8 @@ def composes_to_params(params_path: Path, conf_dir: Path) -> bool:
 
 def usage(conf_dir: Path = CONF_DIR) -> str:
     """The configuration in a few lines: groups and their options, and how to change a value."""
-    groups = sorted(p.name for p in Path(conf_dir).iterdir() if p.is_dir()) if Path(conf_dir).is_dir() else []
+    found = Path(conf_dir).iterdir() if Path(conf_dir).is_dir() else []
+    groups = sorted(p.name for p in found if p.is_dir() and p.name != "hydra")  # hydra/: the sweep's launchers
     lines = [f"  {g + ':':12} {', '.join(group_options(g, Path(conf_dir)))}" for g in groups]
     return "\n".join([
         "Configuration: params.yaml, composed from conf/ (config.yaml + one folder per group). Groups and options:",

@@ -31,6 +31,12 @@ state has seen the whole stream so far. Hence no shuffling, and the DataLoader g
 because each item already is a whole (B, T) batch. The training loader is resumable (`StreamLoader`):
 its position in the epoch is part of Lightning's checkpoint, so a resumed training sees exactly the
 windows the uninterrupted one would have.
+
+Data-parallel training (Lightning DDP, `trainer.strategy=ddp`, W processes): process r owns the rows
+r·B/W … (r+1)·B/W − 1 of every window (its own contiguous streams) and walks them in order, carrying its
+own state; no DistributedSampler (`use_distributed_sampler=False`), which would deal whole windows out
+to processes and break the streams. B must divide by W. With equal shares, the gradient Lightning
+all-reduces (the mean of the processes' mean losses) is the single process's gradient on all B rows.
 """
 
 from __future__ import annotations
@@ -52,14 +58,18 @@ from rnnlab.vocab import VocabDir
 class StreamWindows(Dataset):
     """The k-th item is window k: `(x, y)`, both (B, T), y is x shifted by one (see the module docstring)."""
 
-    def __init__(self, ids: np.ndarray, batch_size: int, bptt: int, split: str = "train") -> None:
+    def __init__(self, ids: np.ndarray, batch_size: int, bptt: int, split: str = "train",
+                 part: tuple[int, int] = (0, 1)) -> None:
+        """`part` = (rank, world size): this process's share of the B rows (see the module docstring)."""
         if len(ids) // batch_size < bptt + 1:
             raise UserError(
                 f"the {split} split has {len(ids)} tokens, too few for one window of data.bptt+1={bptt + 1} "
                 f"tokens in each of {batch_size} streams (needs {batch_size * (bptt + 1)}); lower "
                 "data.batch_size (data.eval_batch_size for val/test) or data.bptt, or use more data"
             )
-        self.data = batchify(ids, batch_size)  # (B, N)
+        rank, world = part
+        share = batch_size // world
+        self.data = batchify(ids, batch_size)[rank * share : (rank + 1) * share]  # (B / W, N)
         self.bptt = bptt
 
     def __len__(self) -> int:
@@ -99,17 +109,21 @@ class StreamDataModule(pl.LightningDataModule):
         DataSpec(batch_size, bptt, eval_batch_size)  # sizes of at least 1 (schema.py)
         self.vocab_dir = VocabDir(vocab_dir)
         self.batch_size, self.bptt, self.eval_batch_size = batch_size, bptt, eval_batch_size
+        self.part = (0, 1)  # (rank, world size), set by `setup` from the Trainer
 
     def setup(self, stage: str | None = None) -> None:
-        # Under DDP Lightning would swap in a DistributedSampler that deals windows out to ranks,
-        # so no rank would see consecutive windows and the carried state would be wrong.
-        if self.trainer is not None and self.trainer.world_size > 1:
-            raise UserError("stateful stream batches run in one process; set trainer.devices=1")
+        self.part = (self.trainer.global_rank, self.trainer.world_size) if self.trainer is not None else (0, 1)
+        world = self.part[1]
+        for key, size in (("data.batch_size", self.batch_size), ("data.eval_batch_size", self.eval_batch_size)):
+            if size % world:
+                raise UserError(f"{key}={size} does not divide among {world} processes (trainer.devices x "
+                                f"trainer.num_nodes): each process owns an equal share of the streams; use a "
+                                f"multiple of {world}")
 
     def train_dataloader(self) -> StreamLoader:
-        windows = StreamWindows(self.vocab_dir.ids("train"), self.batch_size, self.bptt, "train")
+        windows = StreamWindows(self.vocab_dir.ids("train"), self.batch_size, self.bptt, "train", self.part)
         return StreamLoader(windows, lambda: self.trainer.fit_loop.epoch_loop.batch_progress.current.completed)
 
     def val_dataloader(self) -> DataLoader:
-        windows = StreamWindows(self.vocab_dir.ids("val"), self.eval_batch_size, self.bptt, "val")
+        windows = StreamWindows(self.vocab_dir.ids("val"), self.eval_batch_size, self.bptt, "val", self.part)
         return DataLoader(windows, batch_size=None, shuffle=False)  # whole batches, in stream order

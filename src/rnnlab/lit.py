@@ -19,7 +19,7 @@ import torch
 
 from rnnlab import scoring
 from rnnlab.errors import UserError
-from rnnlab.model import RNNLM, ModelSpec, detach_hidden
+from rnnlab.model import RNNLM, ModelSpec, detach_hidden, tree_map
 from rnnlab.schema import OPTIMIZER_NAMES, OptimSpec
 
 OPTIMIZERS = {"adam": torch.optim.Adam, "adamw": torch.optim.AdamW, "sgd": torch.optim.SGD}
@@ -99,9 +99,15 @@ class LitLM(pl.LightningModule):
         self.val_tokens += y.numel()
 
     def on_validation_epoch_end(self) -> None:
-        if self.trainer.sanity_checking or self.val_tokens == 0:
+        if self.trainer.sanity_checking:
             return
-        score = scoring.summary(float(self.val_nll), self.val_tokens, self.hparams.val_chars_per_token)
+        nll, tokens = float(self.val_nll), self.val_tokens
+        if self.trainer.world_size > 1:  # DDP: every process scored its own streams; the exact token-weighted mean
+            total = self.trainer.strategy.reduce(torch.tensor([nll, tokens], dtype=torch.float64), reduce_op="sum")
+            nll, tokens = float(total[0]), int(total[1])
+        if tokens == 0:
+            return
+        score = scoring.summary(nll, tokens, self.hparams.val_chars_per_token)
         self.log_dict({"val/loss": score["loss"], "val/ppl": score["ppl"], "val/bpc": score["bpc"]}, prog_bar=True)
         self.history["val"].append([self.global_step, score["loss"], score["ppl"], score["bpc"]])
 
@@ -130,15 +136,23 @@ class LitLM(pl.LightningModule):
     # A resumed training continues bit for bit: with the loader's position (data.StreamLoader) and the
     # optimiser (Lightning's), the checkpoint keeps the carried hidden state and every random generator.
 
+    # Under DDP every process carries the state of its own streams and draws its own dropout masks: the
+    # checkpoint (written by process 0, called on all) gathers them, (L, B, H) in stream order and one torch
+    # generator state per process, and each process takes its share back on resume.
+
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         done = self.trainer.fit_loop.epoch_loop.batch_progress.current.completed  # batches of this epoch
         mid_epoch = done % self.trainer.num_training_batches
         np_state = np.random.get_state()
+        hidden, rng = (self.hidden if mid_epoch else None), torch.get_rng_state()
+        if self.trainer.world_size > 1:
+            hidden = tree_map(lambda h: self.all_gather(h).transpose(0, 1).flatten(1, 2), hidden)  # (L, B, H)
+            rng = self.all_gather(rng)  # (W, n)
         checkpoint["rnnlab"] = {
             "history": self.history,
             "seconds": self.train_seconds(),
-            "hidden": self.hidden if mid_epoch else None,
-            "rng": {"torch": torch.get_rng_state(), "python": random.getstate(),
+            "hidden": hidden,
+            "rng": {"torch": rng, "python": random.getstate(),
                     "numpy": [np_state[0], np_state[1].tolist(), *np_state[2:]]},
         }
 
@@ -146,7 +160,14 @@ class LitLM(pl.LightningModule):
         saved = checkpoint["rnnlab"]
         self.history, self.hidden = saved["history"], saved["hidden"]
         self._seconds_before = saved.get("seconds", 0.0)
-        torch.set_rng_state(saved["rng"]["torch"])
+        rank, world, rng = self.trainer.global_rank, self.trainer.world_size, saved["rng"]["torch"]
+        if (rng.dim() == 2) != (world > 1) or (world > 1 and len(rng) != world):
+            raise UserError(f"the checkpoint was written by {len(rng) if rng.dim() == 2 else 1} training "
+                            f"process(es), this run has {world}; resume with the same trainer.devices x "
+                            "trainer.num_nodes, or delete the checkpoints folder to start afresh")
+        if world > 1:  # this process's rows of the state, its own generator
+            self.hidden, rng = tree_map(lambda h: h.chunk(world, dim=1)[rank].clone(), self.hidden), rng[rank].clone()
+        torch.set_rng_state(rng)
         random.setstate(saved["rng"]["python"])
         name, keys, *rest = saved["rng"]["numpy"]
         np.random.set_state((name, np.asarray(keys, dtype=np.uint32), *rest))

@@ -343,6 +343,8 @@ class TrainerSpec:
     precision: str | int = "32-true"
     accelerator: str = "auto"
     devices: int | str | list = 1
+    strategy: str = "auto"
+    num_nodes: int = 1
     deterministic: bool | str | None = False
 
     def __post_init__(self) -> None:
@@ -358,6 +360,10 @@ class TrainerSpec:
                             "(0 or null: no clipping)")
         if self.gradient_clip_algorithm not in (None, "norm", "value"):
             raise UserError(f"trainer.gradient_clip_algorithm={self.gradient_clip_algorithm!r}: use norm or value")
+        at_least("trainer.num_nodes", self.num_nodes, 1)
+        if "spawn" in self.strategy or self.strategy.startswith(("fsdp", "deepspeed")):
+            raise UserError(f"trainer.strategy={self.strategy} is not supported: use ddp (Lightning starts one "
+                            "process per device; each owns its share of the streams and its hidden state)")
 
 
 @dataclass(frozen=True)

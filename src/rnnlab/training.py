@@ -13,6 +13,7 @@ from __future__ import annotations
 import csv
 import inspect
 import json
+import os
 import math
 import pickle
 import shutil
@@ -37,6 +38,9 @@ from rnnlab.scoring import batchify
 from rnnlab.tracking import (TrackingSpec, check_reachable, default_run_name, end_run, ensure_experiment,
                              make_logger, params_hash, run_exists, store_errors, tracking_uri)
 from rnnlab.vocab import VocabDir
+
+
+RESUME_ENV = "RNNLAB_RESUME_CHECKPOINT"
 
 
 @dataclass
@@ -92,11 +96,11 @@ def readable(path: Path) -> str | None:
     return None if isinstance(ckpt, dict) and "rnnlab" in ckpt else "not a checkpoint of this rnnlab version"
 
 
-def resume_point(ckpt_dir: Path, phash: str) -> tuple[Path, str] | None:
+def resume_point(ckpt_dir: Path, phash: str, clean: bool = True) -> tuple[Path, str] | None:
     """(checkpoint, MLflow run id) of an unfinished run of the very same params, or None: start afresh.
 
     Falls back from last.ckpt to best.ckpt to a fresh start, saying why in one line, so a damaged file
-    never makes every later run fail."""
+    never makes every later run fail. `clean`: remove a checkpoint folder that will not be resumed."""
     try:
         state = json.loads((ckpt_dir / "run.json").read_text())
     except FileNotFoundError:
@@ -112,7 +116,7 @@ def resume_point(ckpt_dir: Path, phash: str) -> tuple[Path, str] | None:
             if why != "missing":
                 print(f"note: {ckpt_dir / name} cannot be read ({why}); trying the next checkpoint", file=sys.stderr)
         print(f"note: no readable checkpoint in {ckpt_dir}; starting afresh", file=sys.stderr)
-    if ckpt_dir.exists():
+    if clean and ckpt_dir.exists():
         shutil.rmtree(ckpt_dir)  # another config, a finished run, or nothing usable: start afresh
     return None
 
@@ -199,17 +203,34 @@ def diagnostics(vocab, vocab_dir: VocabDir, spec: GradStatsSpec) -> dict:
     return found
 
 
+def launching_process() -> bool:
+    """False in the further processes of a data-parallel run: Lightning's DDP starts them by running the
+    same command with LOCAL_RANK set (a cluster launcher sets NODE_RANK, RANK or SLURM_PROCID)."""
+    return all(int(os.environ.get(key) or 0) == 0 for key in ("RANK", "SLURM_PROCID", "NODE_RANK", "LOCAL_RANK"))
+
+
 def train(job: TrainJob) -> dict:
     """Train, save the best model and metrics; returns the metrics written to metrics.json.
 
-    A run that ends by an exception is marked FAILED in MLflow (KILLED on Ctrl-C), also before training."""
+    A run that ends by an exception is marked FAILED in MLflow (KILLED on Ctrl-C), also before training.
+    Under DDP only the launching process (global rank 0) logs to MLflow and writes anything; the others
+    train their share of the streams and return {}."""
     runtime.configure(job.threads)
     pl.seed_everything(job.seed, workers=True, verbose=False)
     kwargs = trainer_kwargs(job.trainer)
     out, ckpt_dir = Path(job.out_dir), Path(job.out_dir) / "checkpoints"
-    remove_leftovers(out)
     phash = params_hash(job.params)
+    if not launching_process():  # a further DDP process: resume where process 0 resumes
+        given = os.environ.get(RESUME_ENV)
+        if given is None:  # started by a cluster launcher, not by process 0: the same files decide
+            found = resume_point(ckpt_dir, phash, clean=False)
+            resume = found[0] if found else None
+        else:
+            resume = Path(given) if given else None
+        return fit(job, kwargs, None, resume)
+    remove_leftovers(out)
     resume, logger = open_run(job, ckpt_dir, phash)
+    os.environ[RESUME_ENV] = str(resume or "")  # inherited by the processes DDP starts
     write_json(ckpt_dir / "run.json", {"params_hash": phash, "run_id": logger.run_id, "complete": False})
     try:
         with store_errors(tracking_uri(job.tracking)):
@@ -225,7 +246,8 @@ def train(job: TrainJob) -> dict:
 
 
 def fit(job: TrainJob, kwargs: dict, logger, resume: Path | None) -> dict:
-    """Build the Trainer, fit (from `resume` if given), and write the outputs of a finished training."""
+    """Build the Trainer, fit (from `resume` if given), and write the outputs of a finished training
+    (process 0 only; `logger` None in the others)."""
     vocab_dir = VocabDir(job.vocab_dir)
     vocab = vocab_dir.vocab()
     dm = StreamDataModule(job.vocab_dir, job.data.batch_size, job.data.bptt, job.data.eval_batch_size)
@@ -237,14 +259,17 @@ def fit(job: TrainJob, kwargs: dict, logger, resume: Path | None) -> dict:
     found = diagnostics(vocab, vocab_dir, job.gradstats)
     tty = sys.stdout.isatty()
     progress = RichProgressBar() if tty else LinePrinter()
-    trainer = pl.Trainer(**kwargs, logger=logger, callbacks=[best, FinalValidation(), progress, *found.values(),
-                                                              *job.callbacks],
+    trainer = pl.Trainer(**kwargs, logger=logger or False,
+                         callbacks=[best, FinalValidation(), progress, *found.values(), *job.callbacks],
                          plugins=[AtomicCheckpointIO()], enable_progress_bar=tty, default_root_dir=out,
-                         inference_mode=False, num_sanity_val_steps=0, enable_model_summary=False)
+                         inference_mode=False, num_sanity_val_steps=0, enable_model_summary=False,
+                         use_distributed_sampler=False)  # DDP: each process walks its own streams (data.py)
     trainer.fit(lit, dm, ckpt_path=resume, weights_only=True)
     if trainer.interrupted:
         raise UserError(f"training was interrupted at step {trainer.global_step}; run `dvc repro` again to resume "
                         f"from the last checkpoint in {ckpt_dir}")
+    if not trainer.is_global_zero:
+        return {}
     if best.best_model_path:
         lit.model.load_state_dict(checkpoint.read_lightning_checkpoint(Path(best.best_model_path))[0])
     metrics = final_metrics(lit, found, trainer)

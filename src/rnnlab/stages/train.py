@@ -36,6 +36,8 @@ def run(params) -> dict:
         callbacks=user_callbacks(params.get("callbacks") or []),
     )
     metrics = training.train(job)
+    if not metrics:  # a further process of a data-parallel (DDP) run: process 0 reports
+        return metrics
     print(f"trained {metrics['step']} steps: best validation {metrics.get('val_loss')} nats/token "
           f"(ppl {metrics.get('val_ppl')}, {metrics.get('val_bpc')} bits/char) at step {metrics.get('best_step')}, "
           f"last {metrics.get('last_val_loss')}; clip fraction {metrics.get('clip_fraction')}; "
