@@ -166,8 +166,7 @@ def test_a_dvc_remote_on_s3_carries_outputs_and_experiments_to_a_clone(project, 
     repro = run(["dvc", "repro"], clone).stdout
     for stage in ("prepare", "vocab", "train", "sample", "evaluate"):
         assert f"Stage '{stage}' didn't change, skipping" in repro, repro
-    ran = re.findall(r"Running stage '(\w+)'", repro)
-    assert set(ran) <= {"params"}, repro  # params' own state file is git-ignored and not cached: not pushed
+    assert "Stage 'params' didn't change, skipping" in repro and "Running stage" not in repro, repro
 
     # ... and the experiment, listed on the git remote, pulled, and applied from the pulled cache.
     assert exp in run(["dvc", "exp", "list", "--name-only", "origin"], clone).stdout
@@ -177,4 +176,4 @@ def test_a_dvc_remote_on_s3_carries_outputs_and_experiments_to_a_clone(project, 
     assert [(r["Experiment"], r["model.name"]) for r in exp_rows(clone)] == [(exp, "rnn")]
     run(["dvc", "exp", "apply", exp], clone)
     assert json.loads((clone / "data" / "train" / "model" / "meta.json").read_text())["model"]["cell"] == "rnn"
-    print("\ntimings (s): " + ", ".join(f"{k} {v:.1f}" for k, v in timings.items()) + f"; rerun in the clone: {ran}")
+    print("\ntimings (s): " + ", ".join(f"{k} {v:.1f}" for k, v in timings.items()))

@@ -103,7 +103,8 @@ class LitLM(pl.LightningModule):
             return
         nll, tokens = float(self.val_nll), self.val_tokens
         if self.trainer.world_size > 1:  # DDP: every process scored its own streams; the exact token-weighted mean
-            total = self.trainer.strategy.reduce(torch.tensor([nll, tokens], dtype=torch.float64), reduce_op="sum")
+            both = torch.tensor([nll, tokens], dtype=torch.float64, device=self.device)  # NCCL: on the GPU
+            total = self.trainer.strategy.reduce(both, reduce_op="sum").cpu()
             nll, tokens = float(total[0]), int(total[1])
         if tokens == 0:
             return
@@ -147,7 +148,7 @@ class LitLM(pl.LightningModule):
         hidden, rng = (self.hidden if mid_epoch else None), torch.get_rng_state()
         if self.trainer.world_size > 1:
             hidden = tree_map(lambda h: self.all_gather(h).transpose(0, 1).flatten(1, 2), hidden)  # (L, B, H)
-            rng = self.all_gather(rng)  # (W, n)
+            rng = self.all_gather(rng.to(self.device)).cpu()  # (W, n); NCCL gathers GPU tensors only
         checkpoint["rnnlab"] = {
             "history": self.history,
             "seconds": self.train_seconds(),
