@@ -10,17 +10,12 @@ the second process.
 from __future__ import annotations
 
 import csv
-import os
-import random
-import signal
 import sqlite3
-import subprocess
-import time
 
 import pytest
 import torch
 
-from conftest import BIN, TINY, run
+from conftest import TINY, kill_train_after_a_checkpoint, run
 
 pytestmark = pytest.mark.slow
 
@@ -68,16 +63,8 @@ def test_ddp_resumes_after_kill_9(project, tmp_path):
     run(["cp", "-a", str(project), str(reference)], tmp_path)
     whole = train(reference, overrides)
 
-    env = {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}"}
-    proc = subprocess.Popen(["dvc", "repro", "train"], cwd=project, env=env, start_new_session=True,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    last = project / "data" / "train" / "checkpoints" / "last.ckpt"
-    deadline = time.time() + 180
-    while not last.exists() and time.time() < deadline and proc.poll() is None:
-        time.sleep(0.02)
-    time.sleep(random.uniform(0.5, 2.0))  # after the first checkpoint, mid-epoch: the carried states matter
-    os.killpg(proc.pid, signal.SIGKILL)  # dvc, the launching process and the second process
-    proc.wait()
+    # After the first checkpoint, mid-epoch (the carried states matter); kills both training processes.
+    last = kill_train_after_a_checkpoint(project, delay=(0.5, 2.0))
     assert last.exists() and not (project / "data" / "train" / "metrics.json").exists(), "killed too late"
 
     resumed = train(project, overrides)

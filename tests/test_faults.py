@@ -10,18 +10,16 @@ from __future__ import annotations
 
 import errno
 import os
-import random
 import signal
 import sqlite3
 import subprocess
-import time
 from pathlib import Path
 
 import lightning.pytorch as pl
 import pytest
 import torch
 
-from conftest import BIN, TINY, run
+from conftest import BIN, TINY, kill_train_after_a_checkpoint, run
 from rnnlab import training
 from rnnlab.errors import UserError
 from rnnlab.tracking import TrackingSpec
@@ -261,16 +259,7 @@ def test_kill_9_at_a_random_step_then_dvc_repro_gives_the_uninterrupted_numbers(
     run(["cp", "-a", str(project), str(reference)], tmp_path)
     run(["dvc", "repro", "train"], reference)
 
-    env = {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}"}
-    proc = subprocess.Popen(["dvc", "repro", "train"], cwd=project, env=env, start_new_session=True,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    last = project / "data" / "train" / "checkpoints" / "last.ckpt"
-    deadline = time.time() + 120
-    while not last.exists() and time.time() < deadline and proc.poll() is None:
-        time.sleep(0.02)
-    time.sleep(random.uniform(0, 1.5))  # somewhere after the first checkpoint, between two of them
-    os.killpg(proc.pid, signal.SIGKILL)
-    proc.wait()
+    last = kill_train_after_a_checkpoint(project, delay=(0, 1.5))  # between two checkpoints
     assert last.exists() and not (project / "data" / "train" / "metrics.json").exists(), "killed too late"
 
     out = run(["dvc", "repro", "train"], project).stdout
