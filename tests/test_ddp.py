@@ -3,8 +3,8 @@
 Each process owns half of the B streams and carries their state; Lightning all-reduces the gradients
 before the Trainer clips them. So after the same steps the parameters equal the single process's (up
 to float rounding), and the validation loss is the exact token-weighted mean over both processes'
-streams. Runs the real stage script (`dvc repro train`), which Lightning's DDP launcher starts again as
-the second process.
+streams. Runs the real commands (`dvc exp run`, `dvc repro`), whose stage script Lightning's DDP launcher
+starts again as the second process.
 """
 
 from __future__ import annotations
@@ -25,9 +25,13 @@ PARITY = [*TINY, "optim=sgd", "optim.lr=0.5", "optim.schedule=none", "trainer.ma
 DDP = ["trainer.strategy=ddp", "trainer.devices=2"]
 
 
-def train(project, overrides: list[str]) -> dict:
-    run(["python", "-m", "rnnlab.config", *overrides], project)
-    out = run(["dvc", "repro", "train"], project).stdout
+def train(project, overrides: list[str], exp: bool = False) -> dict:
+    """Train with these overrides through `dvc exp run` (the whole pipeline) or `dvc repro train`."""
+    if exp:
+        out = run(["dvc", "exp", "run", *[a for o in overrides for a in ("-S", o)]], project).stdout
+    else:
+        run(["python", "-m", "rnnlab.config", *overrides], project)
+        out = run(["dvc", "repro", "train"], project).stdout
     train_dir = project / "data" / "train"
     state = torch.load(train_dir / "model" / "model.pt", weights_only=True)
     with open(train_dir / "val.csv") as fh:
@@ -38,8 +42,8 @@ def train(project, overrides: list[str]) -> dict:
 
 
 def test_two_processes_train_the_same_parameters_as_one(project):
-    one = train(project, PARITY)
-    two = train(project, [*PARITY, *DDP])
+    one = train(project, [*PARITY, "trainer.accelerator=cpu"], exp=True)
+    two = train(project, [*PARITY, *DDP, "trainer.accelerator=cpu"], exp=True)  # the issue's command
     assert all(float(row["clip_fraction"]) == 1.0 for row in two["grad"])  # clipping fired on every step
     assert len(two["grad"]) == 12 and all(float(row["post_clip"]) == pytest.approx(0.05, rel=1e-5)
                                           for row in two["grad"])
