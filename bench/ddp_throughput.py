@@ -18,26 +18,9 @@ import os
 import statistics
 import subprocess
 import sys
-import time
 from dataclasses import asdict
 
 import lightning.pytorch as pl
-
-
-class Clock(pl.Callback):
-    """Tokens of all processes per second, timed on process 0 after `warmup` steps."""
-
-    def __init__(self, warmup: int, world: int) -> None:
-        self.warmup, self.world, self.tokens, self.start, self.end = warmup, world, 0, 0.0, 0.0
-
-    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
-        if batch_idx == self.warmup:
-            self.start = time.perf_counter()
-
-    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
-        if batch_idx >= self.warmup:
-            self.tokens += batch[1].numel() * self.world
-            self.end = time.perf_counter()
 
 
 def worker(devices: int, steps: int, warmup: int, out: str) -> None:
@@ -47,6 +30,8 @@ def worker(devices: int, steps: int, warmup: int, out: str) -> None:
     from rnnlab.lit import LitLM
     from rnnlab.model import ModelSpec
     from rnnlab.vocab import VocabDir
+
+    from train_throughput import Clock  # noqa: I001  (bench/, next to this script)
 
     runtime.configure(None)
     pl.seed_everything(0, verbose=False)

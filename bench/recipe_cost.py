@@ -18,19 +18,16 @@ PTB_TRAIN_TOKENS, PTB_VOCAB = 929_589, 10_000
 
 
 def tokens_per_s(cfg, steps: int, warmup: int = 3) -> float:
-    import lightning.pytorch as pl
-    from torch.utils.data import DataLoader
-
     import warnings
 
+    import lightning.pytorch as pl
+
     from rnnlab import runtime
-    from rnnlab.callbacks import GradientStats
     from rnnlab.config import section
     from rnnlab.data import StreamWindows
-    from rnnlab.lit import LitLM
     from rnnlab.schema import DataSpec, ModelSpec, OptimSpec
 
-    from train_throughput import Clock  # noqa: I001  (bench/, next to this script)
+    from train_throughput import lightning_loop  # noqa: I001  (bench/, next to this script)
     from word_throughput import zipf_stream
 
     runtime.configure(None)
@@ -39,14 +36,7 @@ def tokens_per_s(cfg, steps: int, warmup: int = 3) -> float:
     model, optim, data = section(cfg, ModelSpec, "model"), section(cfg, OptimSpec, "optim"), section(cfg, DataSpec, "data")
     windows = StreamWindows(zipf_stream(PTB_VOCAB, data.batch_size * (data.bptt * (steps + warmup) + 1)),
                             data.batch_size, data.bptt)
-    lit = LitLM(PTB_VOCAB, "bench", asdict(model), asdict(optim))
-    clock = Clock(warmup)
-    trainer = pl.Trainer(max_steps=warmup + steps, gradient_clip_val=cfg.trainer.gradient_clip_val,
-                         accelerator="cpu", logger=False, enable_checkpointing=False, enable_progress_bar=False,
-                         enable_model_summary=False, limit_val_batches=0, callbacks=[clock, GradientStats(20)],
-                         log_every_n_steps=20)
-    trainer.fit(lit, DataLoader(windows, batch_size=None, shuffle=False))
-    return clock.tokens / (clock.end - clock.start)
+    return lightning_loop(model, PTB_VOCAB, windows, steps, warmup, asdict(optim), cfg.trainer.gradient_clip_val)
 
 
 def main() -> None:

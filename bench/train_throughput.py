@@ -41,8 +41,10 @@ def token_stream(vocab_size: int, n: int) -> np.ndarray:
 
 
 class Clock(pl.Callback):
-    def __init__(self, warmup: int) -> None:
-        self.warmup, self.tokens, self.start = warmup, 0, 0.0
+    """Tokens per second after `warmup` steps; `world` processes (DDP) each see 1/world of a batch."""
+
+    def __init__(self, warmup: int, world: int = 1) -> None:
+        self.warmup, self.world, self.tokens, self.start, self.end = warmup, world, 0, 0.0, 0.0
 
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
         if batch_idx == self.warmup:
@@ -50,16 +52,19 @@ class Clock(pl.Callback):
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
         if batch_idx >= self.warmup:
-            self.tokens += batch[1].numel()
+            self.tokens += batch[1].numel() * self.world
             self.end = time.perf_counter()
 
 
-def lightning_loop(spec: ModelSpec, vocab_size: int, windows: StreamWindows, steps: int, warmup: int) -> float:
+def lightning_loop(spec: ModelSpec, vocab_size: int, windows: StreamWindows, steps: int, warmup: int,
+                   optim: dict | None = None, clip: float | None = 1.0) -> float:
+    """Tokens/s of rnnlab's LightningModule under a Trainer as training.train builds it (minus MLflow and
+    checkpoints): `optim` is an OptimSpec as a dict (default Adam 3e-3), `clip` the gradient_clip_val."""
     from dataclasses import asdict
 
-    lit = LitLM(vocab_size, "bench", asdict(spec), {"lr": 3e-3})
+    lit = LitLM(vocab_size, "bench", asdict(spec), optim or {"lr": 3e-3})
     clock = Clock(warmup)
-    trainer = pl.Trainer(max_steps=warmup + steps, gradient_clip_val=1.0, accelerator="cpu", logger=False,
+    trainer = pl.Trainer(max_steps=warmup + steps, gradient_clip_val=clip, accelerator="cpu", logger=False,
                          enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
                          limit_val_batches=0, callbacks=[clock, GradientStats(20)], log_every_n_steps=20)  # as training.train
     trainer.fit(lit, DataLoader(windows, batch_size=None, shuffle=False))

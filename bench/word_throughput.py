@@ -85,29 +85,20 @@ def rnnlab_step(vocab: int, steps: int, warmup: int) -> float:
     from dataclasses import asdict
 
     import lightning.pytorch as pl
-    from torch.utils.data import DataLoader
 
     from rnnlab import runtime
-    from rnnlab.callbacks import GradientStats
     from rnnlab.data import StreamWindows
-    from rnnlab.lit import LitLM
     from rnnlab.model import ModelSpec
     from rnnlab.schema import OptimSpec
 
-    from train_throughput import Clock  # noqa: I001  (bench/, next to this script)
+    from train_throughput import lightning_loop  # noqa: I001  (bench/, next to this script)
 
     runtime.configure(None)
     pl.seed_everything(0, verbose=False)
     windows = StreamWindows(zipf_stream(vocab, BATCH * (BPTT * (steps + warmup) + 1)), BATCH, BPTT)
     spec = ModelSpec(cell="lstm", embedding_size=EMB, hidden_size=HIDDEN, num_layers=LAYERS, dropout=DROPOUT,
                      init="torch")
-    lit = LitLM(vocab, "bench", asdict(spec), asdict(OptimSpec(algorithm="sgd", lr=LR)))
-    clock = Clock(warmup)
-    trainer = pl.Trainer(max_steps=warmup + steps, gradient_clip_val=CLIP, accelerator="cpu", logger=False,
-                         enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
-                         limit_val_batches=0, callbacks=[clock, GradientStats(20)], log_every_n_steps=20)
-    trainer.fit(lit, DataLoader(windows, batch_size=None, shuffle=False))
-    return clock.tokens / (clock.end - clock.start)
+    return lightning_loop(spec, vocab, windows, steps, warmup, asdict(OptimSpec(algorithm="sgd", lr=LR)), CLIP)
 
 
 def worker(args: argparse.Namespace) -> None:
