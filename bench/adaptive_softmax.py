@@ -23,21 +23,22 @@ from rnnlab import corpus, runtime, scoring, vocab
 from rnnlab.data import StreamWindows
 from rnnlab.model import RNNLM, ModelSpec, detach_hidden
 from rnnlab.schema import CorpusSpec, VocabSpec
+from rnnlab.config import spec as conf_spec  # conf/'s defaults, with changes
 
 BATCH, BPTT = 32, 35
 
 
 def plays_as_words() -> tuple[vocab.Vocab, torch.Tensor, torch.Tensor]:
-    text, _ = corpus.read_shakespeare(CorpusSpec(), Path("data/raw"))
-    parts = corpus.split(corpus.clean(text, CorpusSpec()), CorpusSpec(val_frac=0.05, test_frac=0.0))
-    v = vocab.build(parts["train"], VocabSpec(level="word", min_freq=1), False)
+    text, _ = corpus.read_shakespeare(conf_spec("corpus"), Path("data/raw"))
+    parts = corpus.split(corpus.clean(text, conf_spec("corpus")), conf_spec("corpus", val_frac=0.05, test_frac=0.0))
+    v = vocab.build(parts["train"], conf_spec("vocab", level="word", min_freq=1), False)
     return v, torch.from_numpy(v.encode(parts["train"]).astype("int64")), \
         torch.from_numpy(v.encode(parts["val"]).astype("int64"))
 
 
 def make(head: str, size: int, cutoffs: list[int]) -> RNNLM:
     torch.manual_seed(0)
-    return RNNLM(size, ModelSpec(cell="lstm", embedding_size=256, hidden_size=256, head=head,
+    return RNNLM(size, conf_spec("model", cell="lstm", embedding_size=256, hidden_size=256, head=head,
                                  cutoffs=cutoffs if head == "adaptive" else None))
 
 

@@ -1,7 +1,7 @@
 """Feasibility check: can a small word-level RNN / GRU learn long-range subject–verb agreement in seconds?
 
 Trains one RNNLM per cell (emb 32, hidden 64, Adam 3e-3, clip 1.0, batch 64 × bptt 64) for a fixed
-wall-clock budget on `generate(AgreementSpec(...))`, with the plain stateful truncated-BPTT loop (the
+wall-clock budget on `generate(conf_spec("corpus.generator", ...))`, with the plain stateful truncated-BPTT loop (the
 detached hidden state carries over between windows), then prints the agreement probe as a Markdown table.
 A script, not a test, and not part of the pipeline.
 
@@ -21,18 +21,20 @@ import torch.nn.functional as F
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "src"))
 
+from rnnlab import plots  # noqa: E402
 from rnnlab.agreement import AgreementSpec, generate  # noqa: E402
-from rnnlab.agreement_probe import markdown_table, probe, save_plot  # noqa: E402
+from rnnlab.agreement_probe import markdown_table, probe  # noqa: E402
 from rnnlab.model import ModelSpec, RNNLM, detach_hidden  # noqa: E402
 from rnnlab.scoring import batchify  # noqa: E402
 from rnnlab.vocab import VocabSpec, build  # noqa: E402
+from rnnlab.config import spec as conf_spec  # conf/'s defaults, with changes
 
 BATCH, BPTT = 64, 64
 
 
 def train(cell: str, data: torch.Tensor, vocab_size: int, seconds: float) -> tuple[RNNLM, dict]:
     torch.manual_seed(0)
-    model = RNNLM(vocab_size, ModelSpec(cell=cell, embedding_size=32, hidden_size=64))
+    model = RNNLM(vocab_size, conf_spec("model", cell=cell, embedding_size=32, hidden_size=64))
     opt = torch.optim.Adam(model.parameters(), lr=3e-3)
     hidden, i, steps, tokens, loss = None, 0, 0, 0, torch.tensor(float("nan"))
     start = time.perf_counter()
@@ -67,9 +69,9 @@ def main() -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
 
-    spec = AgreementSpec(args.n_sentences, args.min_distance, args.max_distance, seed=0)
+    spec = conf_spec("corpus.generator", args.n_sentences, args.min_distance, args.max_distance, seed=0)
     text = generate(spec)
-    vocab = build(text, VocabSpec(level="word"), line_corpus=True)
+    vocab = build(text, conf_spec("vocab", level="word"), line_corpus=True)
     data = batchify(vocab.encode(text), BATCH)
     print(f"corpus: {spec}; {data.numel()} tokens, vocab {len(vocab)}, torch threads {torch.get_num_threads()}")
     curves = {}
@@ -81,7 +83,7 @@ def main() -> None:
     print()
     print(markdown_table(curves))
     if args.plot:
-        save_plot(curves, args.plot)
+        plots.agreement(curves, args.plot)
         print(f"plot: {args.plot}")
 
 

@@ -21,6 +21,7 @@ import sys
 from dataclasses import asdict
 
 import lightning.pytorch as pl
+from rnnlab.config import spec as conf_spec  # conf/'s defaults, with changes
 
 
 def worker(devices: int, steps: int, warmup: int, out: str) -> None:
@@ -36,7 +37,7 @@ def worker(devices: int, steps: int, warmup: int, out: str) -> None:
     runtime.configure(None)
     pl.seed_everything(0, verbose=False)
     vocab = VocabDir("data/vocab").vocab()
-    lit = LitLM(len(vocab), vocab.hash, asdict(ModelSpec(cell="gru", embedding_size=64, hidden_size=256)),
+    lit = LitLM(len(vocab), vocab.hash, asdict(conf_spec("model", cell="gru", embedding_size=64, hidden_size=256)),
                 {"lr": 3e-3})
     clock = Clock(warmup, devices)
     trainer = pl.Trainer(max_steps=warmup + steps, gradient_clip_val=1.0, accelerator="cpu", devices=devices,

@@ -25,8 +25,8 @@ STAGE_IMPORTS = {
     "prepare": "import rnnlab.stages.prepare, omegaconf",
     "vocab": "import rnnlab.stages.vocab, omegaconf",
     "train": "import rnnlab.stages.train, rnnlab.training, omegaconf",
-    "sample": "import rnnlab.stages.sample, rnnlab.checkpoint, rnnlab.sampling, rnnlab.tracking",
-    "evaluate": "import rnnlab.stages.evaluate, rnnlab.checkpoint, rnnlab.scoring, rnnlab.tracking",
+    "sample": "import rnnlab.stages.sample, rnnlab.trained_model, rnnlab.sampling, rnnlab.tracking",
+    "evaluate": "import rnnlab.stages.evaluate, rnnlab.trained_model, rnnlab.scoring, rnnlab.tracking",
 }
 
 

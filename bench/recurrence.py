@@ -16,6 +16,7 @@ import statistics
 import subprocess
 import sys
 import time
+from rnnlab.config import spec as conf_spec  # conf/'s defaults, with changes
 
 VARIANTS = [  # (label, hand-written BPTT, keep freed memory)
     ("nn module, glibc default", False, False),
@@ -64,7 +65,7 @@ def worker(args: argparse.Namespace) -> None:
         recurrence.supports = lambda module, x: False  # RNNLM falls back to the nn module
     torch.manual_seed(0)
     vocab_size = 81
-    spec = ModelSpec(cell=args.cell, embedding_size=args.embedding, hidden_size=args.hidden, num_layers=args.layers)
+    spec = conf_spec("model", cell=args.cell, embedding_size=args.embedding, hidden_size=args.hidden, num_layers=args.layers)
     n = args.batch * (args.bptt * (args.steps + args.warmup) + 1)
     windows = StreamWindows(np.random.default_rng(0).integers(0, vocab_size, n).astype(np.uint16),
                             args.batch, args.bptt)

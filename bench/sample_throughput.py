@@ -22,6 +22,7 @@ from torch import nn
 from rnnlab.model import ModelSpec, RNNLM
 from rnnlab.sampling import SampleSpec, sample
 from rnnlab.vocab import EOS_ID, Vocab, build, VocabSpec
+from rnnlab.config import spec as conf_spec  # conf/'s defaults, with changes
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -42,17 +43,17 @@ class NoEos(nn.Module):
 def load() -> tuple[nn.Module, Vocab, str]:
     model_dir = REPO / "data" / "train" / "model"
     if model_dir.exists():
-        from rnnlab.checkpoint import load_trained
+        from rnnlab.trained_model import load_trained
 
         vocab, model, _ = load_trained(REPO / "data" / "vocab", model_dir)
         return model, vocab, "the pipeline's model (data/train/model)"
-    vocab = build("".join(chr(c) for c in range(32, 111)) + "\n", VocabSpec(level="char"), line_corpus=False)
-    return RNNLM(len(vocab), ModelSpec(cell="gru", embedding_size=64, hidden_size=256)), vocab, "an untrained GRU 1x256"
+    vocab = build("".join(chr(c) for c in range(32, 111)) + "\n", conf_spec("vocab", level="char"), line_corpus=False)
+    return RNNLM(len(vocab), conf_spec("model", cell="gru", embedding_size=64, hidden_size=256)), vocab, "an untrained GRU 1x256"
 
 
 def seconds(model: nn.Module, vocab: Vocab, num: int, length: int) -> float:
     start = time.perf_counter()
-    sample(model, vocab, SampleSpec(num_samples=num, max_length=length, temperature=1.0, seed=0))
+    sample(model, vocab, conf_spec("sample", num_samples=num, max_length=length, temperature=1.0, seed=0))
     return time.perf_counter() - start
 
 

@@ -21,6 +21,7 @@ import time
 from pathlib import Path
 
 import lightning.pytorch as pl
+from rnnlab.config import spec as conf_spec  # conf/'s defaults, with changes
 
 REPO = Path(__file__).resolve().parents[1]
 CORPUS = REPO.parent / "shared" / "corpora" / "tinyshakespeare.txt"
@@ -68,22 +69,22 @@ def main() -> None:
 
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
-        spec = corpus.CorpusSpec(source="file", path=str(CORPUS), val_frac=0.1, test_frac=0.0)
+        spec = conf_spec("corpus", source="file", path=str(CORPUS), val_frac=0.1, test_frac=0.0)
         corpus.prepare(spec, tmp / "prepared", tmp / "raw")
         texts = {s: corpus.read_split(tmp / "prepared", s) for s in corpus.SPLITS}
-        vocab.build_and_encode(texts, vocab.VocabSpec(level="char"), False, tmp / "vocab")
+        vocab.build_and_encode(texts, conf_spec("vocab", level="char"), False, tmp / "vocab")
         clock = ValClock()
         job = training.TrainJob(
             vocab_dir=tmp / "vocab", out_dir=tmp / "train",
-            model=ModelSpec(cell=args.cell, embedding_size=args.embedding, hidden_size=args.hidden,
+            model=conf_spec("model", cell=args.cell, embedding_size=args.embedding, hidden_size=args.hidden,
                             num_layers=args.layers, dropout=args.dropout),
-            optim=OptimSpec(lr=args.lr, schedule=args.schedule, plateau_factor=0.5, plateau_patience=1),
-            data=training.DataSpec(batch_size=args.batch, bptt=args.bptt, eval_batch_size=64),
+            optim=conf_spec("optim", lr=args.lr, schedule=args.schedule, plateau_factor=0.5, plateau_patience=1),
+            data=conf_spec("data", batch_size=args.batch, bptt=args.bptt, eval_batch_size=64),
             trainer={"max_steps": -1, "max_epochs": -1, "max_time": {"seconds": int(args.minutes * 60)},
                      "val_check_interval": args.val_every, "check_val_every_n_epoch": None,
                      "gradient_clip_val": 1.0, "accelerator": "cpu", "log_every_n_steps": 50},
-            gradstats=GradStatsSpec(every_n_steps=50, gtt_length=0, samples=0),
-            tracking=TrackingSpec(uri=f"sqlite:///{tmp / 'mlflow.db'}", experiment="bench"),
+            gradstats=conf_spec("gradstats", every_n_steps=50, gtt_length=0, samples=0),
+            tracking=conf_spec("tracking", uri=f"sqlite:///{tmp / 'mlflow.db'}", experiment="bench"),
             seed=1337, threads=args.threads, params=vars(args), callbacks=[clock])
         training.train(job)
 

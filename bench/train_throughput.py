@@ -27,6 +27,7 @@ from rnnlab.callbacks import GradientStats
 from rnnlab.lit import LitLM
 from rnnlab.model import ModelSpec
 from rnnlab.runtime import keep_freed_memory, quiet_lightning
+from rnnlab.config import spec as conf_spec  # conf/'s defaults, with changes
 
 from recurrence import plain_loop  # noqa: I001  (bench/recurrence.py, next to this script)
 
@@ -122,7 +123,7 @@ def main() -> None:
     print(f"{'model':<12}{'plain tok/s':>13}{'Lightning':>11}{'ratio':>7}{'GFLOP/s':>9}{'sgemm':>8}{'of sgemm':>10}")
     for cell in args.cells.split(","):
         for hidden in (int(h) for h in args.hiddens.split(",")):
-            spec = ModelSpec(cell=cell, embedding_size=args.embedding, hidden_size=hidden)
+            spec = conf_spec("model", cell=cell, embedding_size=args.embedding, hidden_size=hidden)
             plain, light, peak = [], [], []
             for _ in range(args.rounds):  # alternate, so background load hits all three alike
                 plain.append(plain_loop(spec, vocab_size, windows, args.steps, args.warmup))

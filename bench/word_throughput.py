@@ -22,6 +22,7 @@ import statistics
 import subprocess
 import sys
 import time
+from rnnlab.config import spec as conf_spec  # conf/'s defaults, with changes
 
 EMB, HIDDEN, LAYERS, DROPOUT, LR, CLIP, BATCH, BPTT = 200, 200, 2, 0.2, 20.0, 0.25, 20, 35
 
@@ -96,9 +97,9 @@ def rnnlab_step(vocab: int, steps: int, warmup: int) -> float:
     runtime.configure(None)
     pl.seed_everything(0, verbose=False)
     windows = StreamWindows(zipf_stream(vocab, BATCH * (BPTT * (steps + warmup) + 1)), BATCH, BPTT)
-    spec = ModelSpec(cell="lstm", embedding_size=EMB, hidden_size=HIDDEN, num_layers=LAYERS, dropout=DROPOUT,
+    spec = conf_spec("model", cell="lstm", embedding_size=EMB, hidden_size=HIDDEN, num_layers=LAYERS, dropout=DROPOUT,
                      init="torch")
-    return lightning_loop(spec, vocab, windows, steps, warmup, asdict(OptimSpec(algorithm="sgd", lr=LR)), CLIP)
+    return lightning_loop(spec, vocab, windows, steps, warmup, asdict(conf_spec("optim", algorithm="sgd", lr=LR)), CLIP)
 
 
 def worker(args: argparse.Namespace) -> None:

@@ -18,7 +18,7 @@ from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, open_dict
 
 from rnnlab import sweep, tracking
-from rnnlab.config import check_overrides, section
+from rnnlab.config import check_overrides
 from rnnlab.errors import entry_point
 
 
@@ -36,7 +36,7 @@ def job(cfg: DictConfig) -> float:
 @entry_point
 def main() -> None:
     first = check_overrides([a for a in sys.argv[1:] if not a.startswith(("-", "hydra"))])  # one-line errors
-    uri = tracking.tracking_uri(section(first, tracking.TrackingSpec, "tracking"))
+    uri = tracking.tracking_uri(first.tracking)
     tracking.check_reachable(uri)
     try:
         job()

@@ -33,6 +33,13 @@ TINY = [
 ]
 
 
+def conf_spec(key: str, **changes):
+    """A section of conf/'s default composition with `changes` (rnnlab.config.spec): the one place defaults live."""
+    from rnnlab.config import spec
+
+    return spec(key, REPO / "conf", **changes)
+
+
 def pytest_addoption(parser) -> None:
     parser.addoption("--refresh-docs", action="store_true",
                      help="let the MLflow UI test write docs/mlflow-ui.png (tests write nowhere else in the repo)")
@@ -60,8 +67,8 @@ def vocab_dir(tmp_path: Path, fresh_mlflow_db) -> Path:
     """The vocab stage's folder for TINY_TEXT (char level), and an empty MLflow store at tmp_path/mlflow.db."""
     from rnnlab import corpus, vocab
 
-    texts = corpus.split(TINY_TEXT * 3, corpus.CorpusSpec(source="file", path="x"))
-    vocab.build_and_encode(texts, vocab.VocabSpec(level="char"), False, tmp_path / "vocab")
+    texts = corpus.split(TINY_TEXT * 3, conf_spec("corpus", source="file", path="x"))
+    vocab.build_and_encode(texts, conf_spec("vocab", level="char"), False, tmp_path / "vocab")
     return tmp_path / "vocab"
 
 
@@ -73,7 +80,7 @@ def tiny_params(tmp_path: Path, *overrides: str):
     corpus.write_text(TINY_TEXT, encoding="utf-8")
     paths = [f"paths.{k}={tmp_path / 'data' / k}" for k in ("raw", "prepared", "vocab", "train", "samples", "eval", "state")]
     return compose([*TINY, f"corpus.path={corpus}", *paths, f"tracking.uri=sqlite:///{tmp_path / 'mlflow.db'}",
-                    *overrides], REPO / "conf")
+                    *overrides], REPO / "conf")  # a checked rnnlab.params.Params
 
 
 def run(cmd: list[str], cwd: Path, check: bool = True, env: dict | None = None) -> subprocess.CompletedProcess:

@@ -6,9 +6,10 @@ import pytest
 import torch
 from torch import nn
 
-from rnnlab import agreement, agreement_probe
+from conftest import conf_spec
+from rnnlab import agreement, agreement_probe, plots
 from rnnlab.agreement import AgreementSpec, generate
-from rnnlab.agreement_probe import markdown_table, probe, save_plot
+from rnnlab.agreement_probe import markdown_table, probe
 from rnnlab.errors import UserError
 from rnnlab.model import ModelSpec, RNNLM
 from rnnlab.vocab import VocabSpec, build
@@ -27,18 +28,18 @@ def parse(line: str) -> tuple[str, list[str], str]:
 
 
 def word_vocab(text: str):
-    return build(text, VocabSpec(level="word", min_freq=1), line_corpus=True)
+    return build(text, conf_spec("vocab", level="word", min_freq=1), line_corpus=True)
 
 
 @pytest.fixture(scope="module")
 def corpus() -> str:
-    return generate(AgreementSpec(n_sentences=2000, min_distance=3, max_distance=12, seed=5))
+    return generate(conf_spec("corpus.generator", n_sentences=2000, min_distance=3, max_distance=12, seed=5))
 
 
 def test_generation_is_seeded(corpus):
-    spec = AgreementSpec(n_sentences=2000, min_distance=3, max_distance=12, seed=5)
+    spec = conf_spec("corpus.generator", n_sentences=2000, min_distance=3, max_distance=12, seed=5)
     assert generate(spec) == corpus
-    assert generate(AgreementSpec(n_sentences=2000, min_distance=3, max_distance=12, seed=6)) != corpus
+    assert generate(conf_spec("corpus.generator", n_sentences=2000, min_distance=3, max_distance=12, seed=6)) != corpus
 
 
 def test_distances_within_bounds_and_verb_agrees(corpus):
@@ -64,20 +65,20 @@ def test_filler_has_no_number_cue(corpus):
 
 
 def test_distance_zero_and_spec_errors():
-    (line,) = generate(AgreementSpec(n_sentences=1, min_distance=0, max_distance=0)).splitlines()
+    (line,) = generate(conf_spec("corpus.generator", n_sentences=1, min_distance=0, max_distance=0)).splitlines()
     assert parse(line)[1] == []
     with pytest.raises(UserError, match="corpus.generator.max_distance=2 must be at least"):
-        AgreementSpec(min_distance=5, max_distance=2)
+        conf_spec("corpus.generator", min_distance=5, max_distance=2)
     with pytest.raises(UserError, match="corpus.generator.n_sentences=0"):
-        AgreementSpec(n_sentences=0)
+        conf_spec("corpus.generator", n_sentences=0)
     with pytest.raises(UserError, match="corpus.generator.min_distance=-1"):
-        AgreementSpec(min_distance=-1)
+        conf_spec("corpus.generator", min_distance=-1)
 
 
 def test_untrained_model_gives_valid_chance_rows(corpus):
     vocab = word_vocab(corpus)
     torch.manual_seed(0)
-    model = RNNLM(len(vocab), ModelSpec(cell="gru", embedding_size=8, hidden_size=16))
+    model = RNNLM(len(vocab), conf_spec("model", cell="gru", embedding_size=8, hidden_size=16))
     model.train()
     rows = probe(model, vocab, distances=[0, 5, 20], per_distance=100)
     assert [r["distance"] for r in rows] == [0, 5, 20] and all(r["n"] == 100 for r in rows)
@@ -111,10 +112,10 @@ def test_oracle_scores_everything(corpus):
 
 
 def test_vocabulary_without_verbs_is_a_user_error():
-    vocab = build("the cat sat on the mat\n", VocabSpec(level="word"), line_corpus=True)
+    vocab = build("the cat sat on the mat\n", conf_spec("vocab", level="word"), line_corpus=True)
     with pytest.raises(UserError, match="lacks was and were.*corpus=agreement"):
-        probe(RNNLM(len(vocab), ModelSpec(embedding_size=4, hidden_size=4)), vocab, distances=[1])
-    char_vocab = build("the cat was full\n", VocabSpec(level="char"), line_corpus=True)
+        probe(RNNLM(len(vocab), conf_spec("model", embedding_size=4, hidden_size=4)), vocab, distances=[1])
+    char_vocab = build("the cat was full\n", conf_spec("vocab", level="char"), line_corpus=True)
     with pytest.raises(UserError, match="lacks"):
         agreement_probe.verb_ids(char_vocab)
 
@@ -125,5 +126,5 @@ def test_table_and_plot(tmp_path):
     table = markdown_table(curves).splitlines()
     assert table[0] == "| distance | rnn | gru |"
     assert table[2:] == ["| 0 | 100 % | – |", "| 30 | 50 % | 98 % |"]
-    save_plot(curves, tmp_path / "plots" / "agreement.png")
+    plots.agreement(curves, tmp_path / "plots" / "agreement.png")
     assert (tmp_path / "plots" / "agreement.png").read_bytes()[:4] == b"\x89PNG"

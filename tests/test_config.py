@@ -10,13 +10,13 @@ from omegaconf import OmegaConf
 
 from conftest import REPO
 from rnnlab import config
-from rnnlab.corpus import CorpusSpec
 from rnnlab.errors import UserError
-from rnnlab.vocab import VocabSpec
+from rnnlab.params import build
+from rnnlab.schema import CorpusSpec
 
 
 def test_committed_params_yaml_is_the_default_composition():
-    composed = config.to_yaml(config.compose([], REPO / "conf"))
+    composed = config.to_yaml(config.compose_config([], REPO / "conf"))
     assert (REPO / "params.yaml").read_text() == composed, (
         "params.yaml differs from conf/: run `python -m rnnlab.config` and commit params.yaml"
     )
@@ -26,9 +26,9 @@ def test_variants_compose_with_hydra_compose_api():
     with initialize(version_base="1.3", config_path="../conf"):
         cfg = compose("config", overrides=["vocab=word", "corpus=file", "corpus.path=x.txt", "corpus.format=lines"])
     assert cfg.vocab.level == "word" and cfg.corpus.source == "file"
-    spec = config.section(cfg, CorpusSpec, "corpus")
+    spec = config.compose(["vocab=word", "corpus=file", "corpus.path=x.txt", "corpus.format=lines"], REPO / "conf").corpus
     assert spec.path == "x.txt" and spec.format == "lines"
-    assert config.section(cfg, VocabSpec, "vocab").min_freq == 2
+    assert config.compose(["vocab=word"], REPO / "conf").vocab.min_freq == 2
 
 
 def test_unknown_group_option_lists_valid_ones():
@@ -42,13 +42,16 @@ def test_unknown_key_is_one_line():
     assert "no_such_key" in str(err.value) and "\n" not in str(err.value)
 
 
-def test_section_rejects_unknown_and_missing_keys():
-    cfg = OmegaConf.create({"corpus": {"name": "file", "source": "file", "path": "???", "colour": 1}})
+def test_section_rejects_unknown_missing_and_unset_keys():
+    values = config.defaults(REPO / "conf").section("corpus") | {"source": "file", "path": "???", "colour": 1}
     with pytest.raises(UserError, match="unknown key corpus.colour; valid keys of corpus: "):
-        config.section(cfg, CorpusSpec, "corpus")
-    del cfg.corpus["colour"]
+        build(CorpusSpec, "corpus", values)
+    del values["colour"]
     with pytest.raises(UserError, match=r"corpus.path must be set: add corpus.path=<value>"):
-        config.section(cfg, CorpusSpec, "corpus")
+        build(CorpusSpec, "corpus", values)
+    del values["path"]
+    with pytest.raises(UserError, match=r"^corpus.path is not set; recompose it: python -m rnnlab.config"):
+        build(CorpusSpec, "corpus", values)
 
 
 def test_stale_params_yaml_is_noticed(tmp_path, monkeypatch):

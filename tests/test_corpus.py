@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import SHARED_CORPORA, TINY_TEXT
+from conftest import SHARED_CORPORA, TINY_TEXT, conf_spec
 from rnnlab import corpus
 from rnnlab.corpus import CorpusSpec
 from rnnlab.errors import UserError
@@ -14,7 +14,7 @@ from rnnlab.files import sha256_bytes
 
 
 def prepare(tmp_path: Path, **kw) -> dict:
-    return corpus.prepare(CorpusSpec(**kw), tmp_path / "out", tmp_path / "raw")
+    return corpus.prepare(conf_spec("corpus", **kw), tmp_path / "out", tmp_path / "raw")
 
 
 def test_markdown_play_becomes_speaker_verse_blank_line():

@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 import torch
 
+from conftest import conf_spec
 from rnnlab.data import StreamDataModule, StreamWindows
 from rnnlab.errors import UserError
 from rnnlab.scoring import batchify
@@ -53,7 +54,7 @@ def write_splits(tmp_path, sizes: dict[str, int]):
 
 def test_datamodule_yields_whole_batches_in_stream_order(tmp_path):
     dm = StreamDataModule(write_splits(tmp_path, {"train": 1000, "val": 300, "test": 300}),
-                          batch_size=4, bptt=7, eval_batch_size=2)
+                          conf_spec("data", batch_size=4, bptt=7, eval_batch_size=2))
     batches = list(dm.train_dataloader())
     assert len(batches) == len(dm.train_dataloader()) == -(-249 // 7)  # N = 250
     x0, y0 = batches[0]
@@ -63,14 +64,14 @@ def test_datamodule_yields_whole_batches_in_stream_order(tmp_path):
 
 
 def test_datamodule_short_split_and_missing_split(tmp_path):
-    dm = StreamDataModule(write_splits(tmp_path, {"train": 1000, "val": 10}), batch_size=4, bptt=7, eval_batch_size=2)
+    dm = StreamDataModule(write_splits(tmp_path, {"train": 1000, "val": 10}), conf_spec("data", batch_size=4, bptt=7, eval_batch_size=2))
     with pytest.raises(UserError, match="val split has 10 tokens"):
         dm.val_dataloader()
-    dm = StreamDataModule(write_splits(tmp_path / "only_val", {"val": 300}), batch_size=4, bptt=7, eval_batch_size=2)
+    dm = StreamDataModule(write_splits(tmp_path / "only_val", {"val": 300}), conf_spec("data", batch_size=4, bptt=7, eval_batch_size=2))
     with pytest.raises(UserError, match="no encoded train split.*dvc repro vocab"):
         dm.train_dataloader()
     with pytest.raises(UserError, match="data.bptt=0"):
-        StreamDataModule(tmp_path, batch_size=4, bptt=0, eval_batch_size=2)
+        StreamDataModule(tmp_path, conf_spec("data", batch_size=4, bptt=0, eval_batch_size=2))
 
 
 def test_data_parallel_processes_own_contiguous_shares_of_the_streams():
@@ -88,7 +89,7 @@ def test_data_parallel_processes_own_contiguous_shares_of_the_streams():
 def test_a_batch_that_does_not_divide_among_processes_is_a_user_error(tmp_path):
     from types import SimpleNamespace
 
-    dm = StreamDataModule(write_splits(tmp_path, {"train": 1000, "val": 300}), batch_size=6, bptt=7, eval_batch_size=4)
+    dm = StreamDataModule(write_splits(tmp_path, {"train": 1000, "val": 300}), conf_spec("data", batch_size=6, bptt=7, eval_batch_size=4))
     dm.trainer = SimpleNamespace(global_rank=0, world_size=4)
     with pytest.raises(UserError, match=r"data.batch_size=6 does not divide among 4 processes"):
         dm.setup("fit")

@@ -86,3 +86,38 @@ def test_the_closure_follows_imports_inside_functions_and_packages(tmp_path):
     found = closure(script)
     assert {"src/rnnlab/__init__.py", "src/rnnlab/stages/__init__.py", "src/rnnlab/stages/train.py",
             "src/rnnlab/training.py", "src/rnnlab/recurrence.py"} <= found
+
+
+# --- params: dvc.yaml lists exactly what each stage module declares it reads ----------------------------
+
+
+def params_drift(stages: dict) -> list[str]:
+    """One line per stage whose dvc.yaml `params:` differ from its module's READS (rnnlab.stages.<stage>)."""
+    import importlib
+
+    problems = []
+    for name, stage in stages.items():
+        listed = [key for item in stage.get("params", []) for key in ([item] if isinstance(item, str)
+                                                                       else sum(item.values(), []))]
+        reads = list(importlib.import_module(f"rnnlab.stages.{name}").READS)
+        if sorted(listed) != sorted(reads) or len(set(listed)) != len(listed):
+            problems.append(f"stage {name}: dvc.yaml params {sorted(listed)} != READS {sorted(reads)}")
+    return problems
+
+
+def test_dvc_yaml_params_are_the_stages_declared_reads():
+    assert params_drift(STAGES) == []
+
+
+def test_a_planted_params_drift_is_found():
+    drifted = yaml.safe_load((REPO / "dvc.yaml").read_text())["stages"]
+    drifted["train"]["params"].remove("optim")  # a key the stage reads, no longer listed
+    drifted["sample"]["params"].append("model")  # a key listed that the stage does not read
+    found = params_drift(drifted)
+    assert len(found) == 2 and found[0].startswith("stage train:") and found[1].startswith("stage sample:")
+
+
+def test_nothing_in_the_library_reads_dvc_yaml_at_run_time():
+    offenders = [str(p.relative_to(REPO)) for p in (SRC / "rnnlab").rglob("*.py")
+                 if '"dvc.yaml"' in p.read_text() or "'dvc.yaml'" in p.read_text()]
+    assert offenders == []

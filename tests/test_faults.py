@@ -19,12 +19,12 @@ import lightning.pytorch as pl
 import pytest
 import torch
 
-from conftest import BIN, TINY, kill_train_after_a_checkpoint, run
+from conftest import BIN, TINY, kill_train_after_a_checkpoint, run, conf_spec
 from rnnlab import training
 from rnnlab.errors import UserError
 from rnnlab.tracking import TrackingSpec
 from test_mlflow_ui import mlflow_server_control, restore_mlflow_uri  # noqa: F401  (fixtures)
-from test_training import tiny_job
+from test_training import run_training, tiny_job
 
 pytestmark = pytest.mark.slow
 
@@ -45,9 +45,9 @@ class Crash(pl.Callback):
 def crashed(vocab_dir: Path, tmp_path: Path, step: int = 25, **trainer) -> Path:
     """A training of 30 steps (validation every 10) that died at `step`; returns its checkpoint folder."""
     job = tiny_job(vocab_dir, tmp_path, **trainer)
-    job.callbacks = [Crash(step)]
+    job.extra_callbacks = [Crash(step)]
     with pytest.raises(RuntimeError, match="simulated crash"):
-        training.train(job)
+        run_training(job)
     return tmp_path / "train" / "checkpoints"
 
 
@@ -65,7 +65,7 @@ def truncate(path: Path) -> None:
 def test_truncated_last_ckpt_falls_back_to_best(vocab_dir, tmp_path, capsys):
     ckpts = crashed(vocab_dir, tmp_path)
     truncate(ckpts / "last.ckpt")
-    metrics = training.train(tiny_job(vocab_dir, tmp_path))
+    metrics = run_training(tiny_job(vocab_dir, tmp_path))
     err = capsys.readouterr().err
     assert f"note: {ckpts / 'last.ckpt'} cannot be read" in err
     assert metrics["step"] == 30 and statuses(tmp_path) == ["FINISHED"]  # the same run, continued
@@ -75,14 +75,14 @@ def test_no_readable_checkpoint_starts_afresh(vocab_dir, tmp_path, capsys):
     ckpts = crashed(vocab_dir, tmp_path)
     truncate(ckpts / "last.ckpt")
     (ckpts / "best.ckpt").write_bytes(b"")
-    assert training.train(tiny_job(vocab_dir, tmp_path))["step"] == 30
+    assert run_training(tiny_job(vocab_dir, tmp_path))["step"] == 30
     assert f"no readable checkpoint in {ckpts}; starting afresh" in capsys.readouterr().err
 
 
 def test_truncated_run_json_starts_afresh(vocab_dir, tmp_path, capsys):
     ckpts = crashed(vocab_dir, tmp_path)
     truncate(ckpts / "run.json")
-    assert training.train(tiny_job(vocab_dir, tmp_path))["step"] == 30
+    assert run_training(tiny_job(vocab_dir, tmp_path))["step"] == 30
     assert "run.json cannot be read" in capsys.readouterr().err
     assert statuses(tmp_path) == ["FAILED", "FINISHED"]  # the crashed run is marked, a new one finished
 
@@ -99,12 +99,12 @@ def test_full_disk_keeps_the_previous_checkpoint_and_says_so(vocab_dir, tmp_path
 
     monkeypatch.setattr(torch, "save", save)
     with pytest.raises(UserError, match=r"cannot write .*last\.ckpt: No space left on device; free some space"):
-        training.train(tiny_job(vocab_dir, tmp_path))
+        run_training(tiny_job(vocab_dir, tmp_path))
     ckpts = tmp_path / "train" / "checkpoints"
     assert torch.load(ckpts / "last.ckpt", weights_only=True)["global_step"] == 10  # the previous one, intact
     assert not list(ckpts.glob(".*.tmp")) and statuses(tmp_path) == ["FAILED"]
     monkeypatch.setattr(torch, "save", real_save)
-    assert training.train(tiny_job(vocab_dir, tmp_path))["step"] == 30  # resumes from step 10
+    assert run_training(tiny_job(vocab_dir, tmp_path))["step"] == 30  # resumes from step 10
 
 
 class Payload:
@@ -123,7 +123,7 @@ def test_a_pickled_payload_in_last_ckpt_never_runs(vocab_dir, tmp_path, monkeypa
     with open(ckpts / "last.ckpt", "wb") as fh:
         torch.save({"rnnlab": Payload(marker)}, fh)
     monkeypatch.setenv("TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD", "1")  # would make torch's default unpickle anything
-    assert training.train(tiny_job(vocab_dir, tmp_path))["step"] == 30
+    assert run_training(tiny_job(vocab_dir, tmp_path))["step"] == 30
     assert not marker.exists()
     assert "last.ckpt cannot be read (Weights only load failed" in capsys.readouterr().err
 
@@ -131,8 +131,8 @@ def test_a_pickled_payload_in_last_ckpt_never_runs(vocab_dir, tmp_path, monkeypa
 def test_a_deleted_mlflow_database_means_a_new_run(vocab_dir, tmp_path):
     crashed(vocab_dir, tmp_path)
     (tmp_path / "mlflow.db").unlink()
-    rerun = ("import sys; from pathlib import Path; from test_training import tiny_job; from rnnlab import training; "
-             "training.train(tiny_job(Path(sys.argv[1]), Path(sys.argv[2])))")  # a new process, as `dvc repro`
+    rerun = ("import sys; from pathlib import Path; from test_training import run_training, tiny_job; from rnnlab import training; "
+             "run_training(tiny_job(Path(sys.argv[1]), Path(sys.argv[2])))")  # a new process, as `dvc repro`
     proc = run(["python", "-c", rerun, str(vocab_dir), str(tmp_path)], tmp_path,
                env={"PYTHONPATH": str(Path(__file__).parent)})
     assert f"of the interrupted training is gone from sqlite:///{tmp_path}/mlflow.db; logging to a new run" in proc.stderr
@@ -145,7 +145,7 @@ def test_leftover_temporary_files_are_removed_and_outputs_follow_the_umask(vocab
     leftover.write_bytes(b"from a killed run")
     old = os.umask(0o022)
     try:
-        training.train(tiny_job(vocab_dir, tmp_path, max_steps=10))
+        run_training(tiny_job(vocab_dir, tmp_path, max_steps=10))
     finally:
         os.umask(old)
     assert not leftover.exists()
@@ -161,11 +161,11 @@ def test_a_crash_marks_the_run_failed_and_ctrl_c_killed(vocab_dir, tmp_path):
     assert statuses(tmp_path / "crash") == ["FAILED"]
 
     job = tiny_job(vocab_dir, tmp_path / "ctrl-c")
-    job.callbacks = [Crash(15, KeyboardInterrupt())]
+    job.extra_callbacks = [Crash(15, KeyboardInterrupt())]
     handler = signal.getsignal(signal.SIGINT)
     try:
         with pytest.raises(SystemExit):  # Lightning shuts down gracefully, then exits
-            training.train(job)
+            run_training(job)
     finally:
         signal.signal(signal.SIGINT, handler)  # Lightning ignores further Ctrl-C while shutting down
     assert statuses(tmp_path / "ctrl-c") == ["KILLED"]
@@ -174,14 +174,14 @@ def test_a_crash_marks_the_run_failed_and_ctrl_c_killed(vocab_dir, tmp_path):
 def test_a_crash_before_training_starts_marks_the_run_failed(vocab_dir, tmp_path):
     (vocab_dir / "vocab.json").unlink()
     with pytest.raises(UserError, match="dvc repro vocab"):
-        training.train(tiny_job(vocab_dir, tmp_path))
+        run_training(tiny_job(vocab_dir, tmp_path))
     assert statuses(tmp_path) == ["FAILED"]
 
 
 def test_a_broken_mlflow_store_is_one_line(vocab_dir, tmp_path):
     (tmp_path / "mlflow.db").write_text("not a database")
     with pytest.raises(UserError, match=r"^the MLflow store sqlite:///.* failed \(.*file is not a database.*\); check"):
-        training.train(tiny_job(vocab_dir, tmp_path))
+        run_training(tiny_job(vocab_dir, tmp_path))
 
 
 def test_an_mlflow_server_gone_mid_run_is_one_line(vocab_dir, tmp_path, mlflow_server_control, restore_mlflow_uri,
@@ -189,10 +189,10 @@ def test_an_mlflow_server_gone_mid_run_is_one_line(vocab_dir, tmp_path, mlflow_s
     url, stop = mlflow_server_control
     monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")  # fail at once instead of retrying for minutes
     job = tiny_job(vocab_dir, tmp_path / "run")
-    job.tracking = TrackingSpec(uri=url)
-    job.callbacks = [Crash(12, action=stop)]  # the server goes away at step 12; step 15 logs metrics
+    job.tracking = conf_spec("tracking", uri=url)
+    job.extra_callbacks = [Crash(12, action=stop)]  # the server goes away at step 12; step 15 logs metrics
     with pytest.raises(UserError, match=rf"^the MLflow store {url} failed \(.+\); check that it exists"):
-        training.train(job)
+        run_training(job)
 
 
 # --- wrong types never crash -------------------------------------------------------------------------------

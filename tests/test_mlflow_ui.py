@@ -25,10 +25,10 @@ from pathlib import Path
 
 import pytest
 
-from conftest import REPO, TINY_TEXT
+from conftest import REPO, TINY_TEXT, conf_spec
 from rnnlab import corpus, training, vocab
 from rnnlab.tracking import TrackingSpec
-from test_training import tiny_job
+from test_training import run_training, tiny_job
 
 CHROMIUM = Path("/usr/bin/chromium")
 MLFLOW = Path(sys.executable).parent / "mlflow"
@@ -175,11 +175,11 @@ def test_users_browse_the_training_run_in_the_mlflow_ui(chromium, mlflow_server,
                                                      request):
     url = mlflow_server
     # 1. Train a tiny model, logging through the server (metrics by REST, artifacts uploaded through the proxy).
-    texts = corpus.split(TINY_TEXT * 3, corpus.CorpusSpec(source="file", path="x"))
-    vocab.build_and_encode(texts, vocab.VocabSpec(level="char"), False, tmp_path / "vocab")
+    texts = corpus.split(TINY_TEXT * 3, conf_spec("corpus", source="file", path="x"))
+    vocab.build_and_encode(texts, conf_spec("vocab", level="char"), False, tmp_path / "vocab")
     job = tiny_job(tmp_path / "vocab", tmp_path)
-    job.tracking = TrackingSpec(uri=url)
-    training.train(job)
+    job.tracking = conf_spec("tracking", uri=url)
+    run_training(job)
 
     # 2. The REST API finds the run, its metrics and its artifacts.
     experiment = api(url, "/api/2.0/mlflow/experiments/get-by-name?experiment_name=rnnlab")["experiment"]

@@ -6,15 +6,17 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from conftest import conf_spec
 from rnnlab.errors import UserError
-from rnnlab.model import CELLS, ModelSpec, RNNLM, detach_hidden, param_groups, reset_hidden_where
+from rnnlab.schema import CELLS
+from rnnlab.model import RNNLM, detach_hidden, param_groups, reset_hidden_where
 
 V, B, T = 11, 3, 5
 
 
 def tiny(cell: str, num_layers: int = 1, **kw) -> RNNLM:
     torch.manual_seed(0)
-    return RNNLM(V, ModelSpec(cell=cell, embedding_size=8, hidden_size=12, num_layers=num_layers, **kw))
+    return RNNLM(V, conf_spec("model", cell=cell, embedding_size=8, hidden_size=12, num_layers=num_layers, **kw))
 
 
 def hidden_tensors(hidden) -> tuple[torch.Tensor, ...]:
@@ -53,21 +55,21 @@ def test_forward_from_embeddings_gives_input_gradients():
 
 
 def test_tie_weights_shares_storage():
-    model = RNNLM(V, ModelSpec(embedding_size=12, hidden_size=12, tie_weights=True))
+    model = RNNLM(V, conf_spec("model", embedding_size=12, hidden_size=12, tie_weights=True))
     assert model.head.weight is model.embedding.weight
     assert model.head.weight.data_ptr() == model.embedding.weight.data_ptr()
 
 
 def test_tie_weights_size_mismatch_is_a_user_error():
     with pytest.raises(UserError, match="model.tie_weights.*model.embedding_size"):
-        ModelSpec(embedding_size=8, hidden_size=12, tie_weights=True)
+        conf_spec("model", embedding_size=8, hidden_size=12, tie_weights=True)
 
 
 @pytest.mark.parametrize("bad", [dict(cell="transformer"), dict(hidden_size=0), dict(num_layers=0),
                                  dict(dropout=1.0), dict(dropout=-0.1)])
 def test_bad_spec_is_a_user_error(bad):
     with pytest.raises(UserError):
-        ModelSpec(**bad)
+        conf_spec("model", **bad)
 
 
 def test_lstm_forget_gate_bias_is_one():
@@ -111,7 +113,7 @@ def test_reset_hidden_where_zeroes_only_masked_rows(cell):
 
 @pytest.mark.parametrize("tie", [False, True])
 def test_param_groups_cover_every_parameter_once(tie):
-    model = RNNLM(V, ModelSpec(cell="lstm", embedding_size=12, hidden_size=12, num_layers=2, tie_weights=tie))
+    model = RNNLM(V, conf_spec("model", cell="lstm", embedding_size=12, hidden_size=12, num_layers=2, tie_weights=tie))
     groups = param_groups(model)
     assert list(groups) == ["embedding", "layer0.input", "layer0.recurrent",
                             "layer1.input", "layer1.recurrent", "head"]
@@ -134,7 +136,7 @@ def test_gru_overfits_a_repeating_sequence(one_thread):
     torch.manual_seed(0)
     stream = torch.tensor([2, 3, 4] * 10)  # "abcabc…": each next token is determined by the current one
     x, y = stream[:-1].view(1, -1).repeat(2, 1), stream[1:].view(1, -1).repeat(2, 1)  # (2, 29)
-    model = RNNLM(5, ModelSpec(cell="gru", embedding_size=16, hidden_size=32))
+    model = RNNLM(5, conf_spec("model", cell="gru", embedding_size=16, hidden_size=32))
     opt = torch.optim.Adam(model.parameters(), lr=1e-2)
     for step in range(150):
         logits, _ = model(x)
@@ -149,7 +151,7 @@ def test_gru_overfits_a_repeating_sequence(one_thread):
 
 def test_reset_at_eos_restarts_each_line_from_the_zero_state():
     torch.manual_seed(0)
-    model = RNNLM(6, ModelSpec(cell="gru", embedding_size=4, hidden_size=5, reset_at_eos=True)).eval()
+    model = RNNLM(6, conf_spec("model", cell="gru", embedding_size=4, hidden_size=5, reset_at_eos=True)).eval()
     stream = torch.tensor([[0, 2, 3, 0, 4, 5, 2]])  # two lines, each starting with <eos> (id 0)
     with torch.no_grad():
         logits, _ = model(stream, hidden=torch.randn(1, 1, 5))  # the carried state is dropped at <eos>
@@ -182,7 +184,7 @@ def test_adaptive_head_with_degenerate_cutoffs_is_the_full_softmax():
 
 
 def test_adaptive_scores_are_the_normalised_distribution_its_loss_uses():
-    model = RNNLM(50, ModelSpec(embedding_size=8, hidden_size=16, head="adaptive", cutoffs=[5, 20]))
+    model = RNNLM(50, conf_spec("model", embedding_size=8, hidden_size=16, head="adaptive", cutoffs=[5, 20]))
     x, y = torch.randint(50, (B, T)), torch.randint(50, (B, T))
     h, _ = model.features(x)
     logp = model.scores(h)  # (B, T, V) log-probabilities over the whole vocabulary
@@ -197,12 +199,12 @@ def test_adaptive_scores_are_the_normalised_distribution_its_loss_uses():
 @pytest.mark.parametrize("cutoffs", [None, [], [5, 5], [0, 5], [20, 5], [5, V]])
 def test_bad_cutoffs_are_one_line_errors(cutoffs):
     with pytest.raises(UserError, match="model.cutoffs"):
-        RNNLM(V, ModelSpec(head="adaptive", cutoffs=cutoffs))
+        RNNLM(V, conf_spec("model", head="adaptive", cutoffs=cutoffs))
 
 
 def test_tying_needs_the_full_head():
     with pytest.raises(UserError, match="tie_weights=true needs model.head=full"):
-        ModelSpec(head="adaptive", cutoffs=[5], tie_weights=True, embedding_size=8, hidden_size=8)
+        conf_spec("model", head="adaptive", cutoffs=[5], tie_weights=True, embedding_size=8, hidden_size=8)
 
 
 def test_variational_dropout_keeps_one_mask_per_sequence():

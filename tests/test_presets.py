@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import REPO
+from conftest import REPO, conf_spec
 from rnnlab import config, corpus, vocab
 from rnnlab.errors import UserError
 from rnnlab.files import sha256_file
@@ -32,7 +32,7 @@ WIKI = {  # WikiText style: headings, empty lines, <unk>, @-@
 
 
 def spec_of(*overrides: str) -> corpus.CorpusSpec:
-    return config.section(config.compose(list(overrides), REPO / "conf"), corpus.CorpusSpec, "corpus")
+    return config.compose(list(overrides), REPO / "conf").corpus
 
 
 def prepare(tmp_path: Path, *overrides: str) -> dict:
@@ -76,7 +76,7 @@ def test_ptb_three_files_are_the_splits_and_its_unk_is_ours(tmp_path):
     assert stats["lines"] == {"train": 3, "val": 2, "test": 1}
     assert (tmp_path / "raw" / "ptb.valid.txt").read_text() == PTB["val"]
 
-    spec = vocab.VocabSpec(level="word", tokenizer="whitespace", min_freq=1, max_size=None)
+    spec = conf_spec("vocab", level="word", tokenizer="whitespace", min_freq=1, max_size=None)
     stats = vocab.build_and_encode(prepared(tmp_path), spec, False, tmp_path / "vocab")
     words = {w for w in PTB["train"].split() if w != "<unk>"}
     assert stats["size"] == len(words) + 2  # + <eos>, <unk>; the literal <unk> is not a second word
@@ -105,7 +105,7 @@ def test_enwik8_is_byte_level_with_exact_cuts(tmp_path):
     assert [len(parts[s]) for s in corpus.SPLITS] == [len(data) - 500, 300, 200]  # one character per byte
     assert "".join(parts[s] for s in corpus.SPLITS).encode("latin-1") == data  # every byte, unchanged
     assert stats["distinct_chars"] == 256
-    voc = vocab.build(parts["train"], vocab.VocabSpec(level="char"), line_corpus=False)
+    voc = vocab.build(parts["train"], conf_spec("vocab", level="char"), line_corpus=False)
     assert len(voc.encode(parts["test"])) == 200  # bpc of this model is bits per byte
 
 

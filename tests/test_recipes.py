@@ -8,15 +8,14 @@ pre-tokenised corpus: only the data is small).
 
 from __future__ import annotations
 
-from dataclasses import asdict
 from pathlib import Path
 
 import pytest
 import yaml
 
-from conftest import REPO
+from conftest import REPO, conf_spec
 from rnnlab import config, vocab
-from rnnlab.schema import DataSpec, ModelSpec, OptimSpec, VocabSpec
+from rnnlab.schema import VocabSpec
 
 RECIPES = ("zaremba_small", "zaremba_medium", "wlm", "awd_small")
 PTB_VOCAB = 10_000
@@ -43,7 +42,7 @@ def lm_params(v: int, e: int, h: int, layers: int, tied: bool) -> int:
 @pytest.mark.parametrize("name", RECIPES)
 def test_every_recipe_is_a_word_level_lstm_on_ptb_trained_by_epochs(name):
     cfg = recipe(name)  # composed and validated (rnnlab.schema), as `dvc exp run -S +experiment=...`
-    assert cfg.corpus.name == "ptb" and cfg.vocab.name == "pretokenized"
+    assert cfg.choices["corpus"] == "ptb" and cfg.choices["vocab"] == "pretokenized"
     assert cfg.vocab.level == "word" and cfg.vocab.tokenizer == "whitespace" and cfg.vocab.min_freq == 1
     assert cfg.vocab.max_size is None and cfg.vocab.unk_token == "<unk>"
     assert cfg.model.cell == "lstm" and cfg.model.num_layers == 2 and cfg.model.head == "full"
@@ -83,7 +82,7 @@ def test_wlm_is_pytorch_examples_defaults():
     assert (m.init, m.init_range, m.tie_weights, m.variational) == ("torch", 0.1, False, False)
     assert (o.lr, o.schedule, o.plateau_factor, o.plateau_patience) == (20.0, "plateau", 0.25, 0)
     assert (d.bptt, d.eval_batch_size, t.max_epochs, t.gradient_clip_val) == (35, 10, 40, 0.25)
-    assert recipe("wlm", "corpus=wikitext2").corpus.name == "wikitext2"  # its current default data
+    assert recipe("wlm", "corpus=wikitext2").choices["corpus"] == "wikitext2"  # its current default data
 
 
 def test_awd_small_is_zaremba_small_sized_tied_and_regularised():
@@ -99,8 +98,8 @@ def test_pretokenized_vocab_has_the_keys_of_the_word_vocab():
     word = yaml.safe_load((REPO / "conf" / "vocab" / "word.yaml").read_text())
     pretokenized = yaml.safe_load((REPO / "conf" / "vocab" / "pretokenized.yaml").read_text())
     assert set(pretokenized) == set(word)
-    spec = config.section(config.compose(["vocab=pretokenized"], REPO / "conf"), VocabSpec, "vocab")
-    assert spec == VocabSpec(level="word", tokenizer="whitespace", min_freq=1, max_size=None, lowercase=False)
+    spec = config.compose(["vocab=pretokenized"], REPO / "conf").vocab
+    assert spec == conf_spec("vocab", level="word", tokenizer="whitespace", min_freq=1, max_size=None, lowercase=False)
 
 
 # --- parameter counts on PTB's vocabulary -----------------------------------------------------------------
@@ -111,7 +110,7 @@ def test_pretokenized_vocab_has_the_keys_of_the_word_vocab():
 def test_parameter_count_on_a_10k_vocabulary(name, expected):
     from rnnlab.model import RNNLM
 
-    m = config.section(recipe(name), ModelSpec, "model")
+    m = recipe(name).model
     assert lm_params(PTB_VOCAB, m.embedding_size, m.hidden_size, m.num_layers, m.tie_weights) == expected
     model = RNNLM(PTB_VOCAB, m)
     assert sum(p.numel() for p in model.parameters()) == expected  # a tied tensor is listed once
@@ -156,16 +155,16 @@ def train_recipe(cfg, vocab_dir: Path, epochs: int) -> tuple[list[float], list]:
 
     from rnnlab.data import StreamDataModule
     from rnnlab.lit import LitLM
-    from rnnlab.training import trainer_kwargs
+    from rnnlab.params import build
+    from rnnlab.schema import TrainerSpec
 
     pl.seed_everything(0, verbose=False)
     voc = vocab.VocabDir(vocab_dir).vocab()
-    lit = LitLM(len(voc), voc.hash, asdict(config.section(cfg, ModelSpec, "model")),
-                asdict(config.section(cfg, OptimSpec, "optim")))
-    data = config.section(cfg, DataSpec, "data")
-    dm = StreamDataModule(vocab_dir, data.batch_size, data.bptt, data.eval_batch_size)
+    lit = LitLM(len(voc), voc.hash, cfg.model, cfg.optim)
+    dm = StreamDataModule(vocab_dir, cfg.data)
     limits = {"max_epochs": epochs, "limit_train_batches": 1, "limit_val_batches": 1, "accelerator": "cpu"}
-    kwargs = trainer_kwargs(dict(cfg.trainer) | limits)  # the recipe's section, checked against Lightning's
+    # the recipe's section, checked as the train stage checks it (limit_train_batches: a further Lightning argument)
+    kwargs = build(TrainerSpec, "trainer", cfg.section("trainer") | limits).kwargs()
     lr = epoch_lr_recorder()
     trainer = pl.Trainer(**kwargs, logger=False, enable_checkpointing=False, enable_progress_bar=False,
                          enable_model_summary=False, num_sanity_val_steps=0, callbacks=[lr])
@@ -177,7 +176,7 @@ def train_recipe(cfg, vocab_dir: Path, epochs: int) -> tuple[list[float], list]:
 @pytest.mark.parametrize("name", RECIPES)
 def test_recipe_trains_and_its_schedule_follows_the_epochs(name, tmp_path):
     cfg = recipe(name)
-    vocab_dir = tiny_ptb(tmp_path / "vocab", config.section(cfg, VocabSpec, "vocab"))
+    vocab_dir = tiny_ptb(tmp_path / "vocab", cfg.vocab)
     assert vocab.VocabDir(vocab_dir).vocab().tokens.count("<unk>") == 1
     epochs = cfg.optim.step_start_epoch + 1 if cfg.optim.schedule == "step" else 3
     lrs, val = train_recipe(cfg, vocab_dir, epochs)

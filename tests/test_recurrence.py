@@ -6,6 +6,7 @@ import pytest
 import torch
 from torch import nn
 
+from conftest import conf_spec
 from rnnlab import recurrence
 from rnnlab.model import RNNLM, ModelSpec
 
@@ -64,7 +65,7 @@ def test_dropout_between_layers_only_in_training():
 def test_rnnlm_trains_through_it_and_samples_through_the_module():
     """The training path (gradients on) and the sampling path (no_grad) give the same logits."""
     torch.manual_seed(0)
-    model = RNNLM(13, ModelSpec(cell="gru", embedding_size=6, hidden_size=10, num_layers=2)).eval()
+    model = RNNLM(13, conf_spec("model", cell="gru", embedding_size=6, hidden_size=10, num_layers=2)).eval()
     tokens = torch.randint(13, (2, 9))
     logits, hidden = model(tokens)
     assert logits.grad_fn is not None
@@ -74,3 +75,33 @@ def test_rnnlm_trains_through_it_and_samples_through_the_module():
     torch.testing.assert_close(hidden.detach(), ref_hidden, rtol=1e-5, atol=1e-6)
     logits.sum().backward()
     assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in model.rnn.parameters())
+
+
+@pytest.mark.parametrize("cell", ["rnn", "gru"])
+def test_model_impl_rnnlab_and_torch_give_the_same_loss_and_gradients(cell):
+    """model.impl: the hand-written BPTT (rnnlab) and nn.GRU/nn.RNN (torch) are the same function."""
+    torch.manual_seed(0)
+    x, y = torch.randint(0, 13, (3, 9)), torch.randint(0, 13, (3, 9))
+    results = {}
+    for impl in ("torch", "rnnlab", "auto"):
+        torch.manual_seed(1)
+        model = RNNLM(13, conf_spec("model", cell=cell, embedding_size=6, hidden_size=10, num_layers=2, impl=impl))
+        h, _ = model.features(x)
+        loss = model.nll(h, y)
+        loss.backward()
+        results[impl] = (loss.detach(), [p.grad.clone() for p in model.parameters()])
+        used = model.hand_written_bptt(model.embed(x))
+        assert used == (impl != "torch")  # auto: the hand-written BPTT on the CPU with gradients on
+    for impl in ("rnnlab", "auto"):
+        assert torch.allclose(results[impl][0], results["torch"][0], atol=1e-6)
+        assert all(torch.allclose(a, b, atol=1e-5) for a, b in zip(results[impl][1], results["torch"][1]))
+
+
+def test_model_impl_rnnlab_refuses_what_it_cannot_run():
+    from rnnlab.errors import UserError
+
+    with pytest.raises(UserError, match="model.impl=rnnlab runs RNN and GRU cells only"):
+        conf_spec("model", cell="lstm", impl="rnnlab")
+    model = RNNLM(13, conf_spec("model", cell="gru", embedding_size=6, hidden_size=10, impl="rnnlab"))
+    with pytest.raises(UserError, match="model.impl=rnnlab needs a tanh RNN or GRU in fp32 on the CPU"):
+        model.hand_written_bptt(model.embed(torch.randint(0, 13, (2, 4))).half())  # fp16: not supported

@@ -6,6 +6,7 @@ import pytest
 import torch
 from torch import nn
 
+from conftest import conf_spec
 from rnnlab import vocab as vocab_mod
 from rnnlab.errors import UserError
 from rnnlab.sampling import Sample, SampleSpec, novelty, sample
@@ -16,7 +17,7 @@ LINES = "hello\nworld\nhold\nhell\nlow\n"
 
 @pytest.fixture
 def vocab():
-    return vocab_mod.build(LINES, vocab_mod.VocabSpec(level="char"), line_corpus=True)
+    return vocab_mod.build(LINES, conf_spec("vocab", level="char"), line_corpus=True)
 
 
 class TinyLM(nn.Module):
@@ -64,26 +65,26 @@ def texts(samples: list[Sample]) -> list[str]:
 
 def test_tiny_temperature_equals_greedy(vocab):
     model = TinyLM(len(vocab), scale=10.0)
-    cold = sample(model, vocab, SampleSpec(num_samples=3, max_length=40, temperature=1e-4, seed=3))
-    greedy = sample(model, vocab, SampleSpec(num_samples=3, max_length=40, greedy=True))
+    cold = sample(model, vocab, conf_spec("sample", num_samples=3, max_length=40, temperature=1e-4, seed=3))
+    greedy = sample(model, vocab, conf_spec("sample", num_samples=3, max_length=40, greedy=True))
     assert len(greedy) == 1  # argmax decoding is deterministic: one sample, not three copies
     assert texts(cold) == texts(greedy) * 3
 
 
 def test_top_k_1_equals_greedy(vocab):
     model = TinyLM(len(vocab), scale=3.0)
-    top1 = sample(model, vocab, SampleSpec(num_samples=3, max_length=40, top_k=1, seed=7))
-    greedy = sample(model, vocab, SampleSpec(num_samples=3, max_length=40, greedy=True))
+    top1 = sample(model, vocab, conf_spec("sample", num_samples=3, max_length=40, top_k=1, seed=7))
+    greedy = sample(model, vocab, conf_spec("sample", num_samples=3, max_length=40, greedy=True))
     assert texts(top1) == texts(greedy) * 3
 
 
 def test_seed_decides_the_samples_and_the_global_rng_is_untouched(vocab):
     model = TinyLM(len(vocab))
-    spec = SampleSpec(num_samples=4, max_length=30, seed=1)
+    spec = conf_spec("sample", num_samples=4, max_length=30, seed=1)
     state = torch.get_rng_state()
     first, again = sample(model, vocab, spec), sample(model, vocab, spec)
     assert torch.equal(state, torch.get_rng_state())
-    other = sample(model, vocab, SampleSpec(num_samples=4, max_length=30, seed=2))
+    other = sample(model, vocab, conf_spec("sample", num_samples=4, max_length=30, seed=2))
     assert texts(first) == texts(again)
     assert texts(first) != texts(other)
 
@@ -92,7 +93,7 @@ def test_top_p_keeps_the_nucleus(vocab):
     logits = torch.full((len(vocab),), -5.0)
     a, b = vocab.index["h"], vocab.index["e"]
     logits[a], logits[b] = 3.0, 2.0  # p(a) ≈ 0.7, p(b) ≈ 0.26, the rest ≈ 0.04 in all
-    samples = sample(FixedLM(logits), vocab, SampleSpec(num_samples=8, max_length=50, top_p=0.9))
+    samples = sample(FixedLM(logits), vocab, conf_spec("sample", num_samples=8, max_length=50, top_p=0.9))
     drawn = {i for s in samples for i in s.ids}
     assert drawn == {a, b}
 
@@ -100,10 +101,10 @@ def test_top_p_keeps_the_nucleus(vocab):
 def test_unk_reject_never_emits_unk_and_counts_rejections(vocab):
     model = favouring(vocab, UNK_ID, margin=3.0)
     spec = dict(num_samples=4, max_length=20, seed=0)
-    rejecting = sample(model, vocab, SampleSpec(**spec, unk="reject"))
+    rejecting = sample(model, vocab, conf_spec("sample", **spec, unk="reject"))
     assert all(UNK_ID not in s.ids and "<unk>" not in s.text for s in rejecting)
     assert all(s.unk_rejections > 0 for s in rejecting)
-    allowing = sample(model, vocab, SampleSpec(**spec))
+    allowing = sample(model, vocab, conf_spec("sample", **spec, unk="allow"))
     assert any(UNK_ID in s.ids for s in allowing)
     assert all(s.unk_rejections == 0 for s in allowing)
 
@@ -111,7 +112,7 @@ def test_unk_reject_never_emits_unk_and_counts_rejections(vocab):
 def test_unk_reject_with_greedy_takes_the_next_best(vocab):
     logits = torch.zeros(len(vocab))
     logits[UNK_ID], logits[vocab.index["w"]] = 9.0, 5.0
-    (s,) = sample(FixedLM(logits), vocab, SampleSpec(num_samples=1, max_length=5, greedy=True, unk="reject"))
+    (s,) = sample(FixedLM(logits), vocab, conf_spec("sample", num_samples=1, max_length=5, greedy=True, unk="reject"))
     assert s.text == "wwwww" and s.unk_rejections == 5
 
 
@@ -119,26 +120,26 @@ def test_the_start_token_is_what_precedes_a_sequence_in_training(vocab):
     from rnnlab.sampling import start_id
 
     assert start_id(vocab) == EOS_ID  # a line corpus: every line follows an <eos>
-    running = vocab_mod.build("ab\ncd\n", vocab_mod.VocabSpec(level="char"), line_corpus=False)
+    running = vocab_mod.build("ab\ncd\n", conf_spec("vocab", level="char"), line_corpus=False)
     assert start_id(running) == running.index["\n"]  # running text: samples start where lines start
-    words = vocab_mod.build("a b\nc d\n", vocab_mod.VocabSpec(level="word"), line_corpus=False)
+    words = vocab_mod.build("a b\nc d\n", conf_spec("vocab", level="word"), line_corpus=False)
     assert start_id(words) == EOS_ID
 
 
 def test_stops_at_eos_which_is_not_in_the_text(vocab):
-    samples = sample(favouring(vocab, EOS_ID, margin=50.0), vocab, SampleSpec(num_samples=3, max_length=10))
+    samples = sample(favouring(vocab, EOS_ID, margin=50.0), vocab, conf_spec("sample", num_samples=3, max_length=10))
     assert [(s.text, s.ids, s.length, s.stopped) for s in samples] == [("", [], 0, "eos")] * 3
 
 
 def test_stops_at_max_length(vocab):
-    spec = SampleSpec(num_samples=3, max_length=7, unk="reject")
+    spec = conf_spec("sample", num_samples=3, max_length=7, unk="reject")
     samples = sample(favouring(vocab, EOS_ID, margin=-50.0), vocab, spec)
     assert all(s.length == len(s.ids) == len(s.text) == 7 and s.stopped == "max_length" for s in samples)
 
 
 def test_one_batch_and_constant_work_per_token_after_the_prime(vocab):
     model = TinyLM(len(vocab), scale=0.1)
-    samples = sample(model, vocab, SampleSpec(num_samples=4, max_length=12, prime="hel"))
+    samples = sample(model, vocab, conf_spec("sample", num_samples=4, max_length=12, prime="hel"))
     shapes = [shape for shape, _ in model.calls]
     assert shapes[0] == (4, 1 + 3)  # x<1> = <eos>, then the prime, once, for the whole batch
     assert set(shapes[1:]) == {(4, 1)}
@@ -147,40 +148,40 @@ def test_one_batch_and_constant_work_per_token_after_the_prime(vocab):
 
 
 def test_prime_is_continued_not_repeated(vocab):
-    spec = SampleSpec(num_samples=4, max_length=12, prime="hel", unk="reject")
+    spec = conf_spec("sample", num_samples=4, max_length=12, prime="hel", unk="reject")
     for s in sample(TinyLM(len(vocab), scale=0.1), vocab, spec):
         assert s.text == "hel" + vocab.decode(s.ids) and len(s.text) == 3 + s.length
-    (s,) = sample(favouring(vocab, EOS_ID, margin=50.0), vocab, SampleSpec(num_samples=1, prime="hel"))
+    (s,) = sample(favouring(vocab, EOS_ID, margin=50.0), vocab, conf_spec("sample", num_samples=1, prime="hel"))
     assert (s.text, s.ids) == ("hel", [])
 
 
 def test_word_level_prime_continues_its_line():
-    words = vocab_mod.build("the cat sat\nthe dog ran\n", vocab_mod.VocabSpec(level="word"), line_corpus=False)
+    words = vocab_mod.build("the cat sat\nthe dog ran\n", conf_spec("vocab", level="word"), line_corpus=False)
     logits = torch.zeros(len(words))
     logits[words.index["ran"]] = 50.0
     model = FixedLM(logits)
-    (s,) = sample(model, words, SampleSpec(num_samples=1, max_length=2, prime="the cat"))
+    (s,) = sample(model, words, conf_spec("sample", num_samples=1, max_length=2, prime="the cat"))
     assert s.text == "the cat ran ran"
     logits[EOS_ID] = 100.0
-    (s,) = sample(model, words, SampleSpec(num_samples=1, max_length=2, prime="the cat"))
+    (s,) = sample(model, words, conf_spec("sample", num_samples=1, max_length=2, prime="the cat"))
     assert s.text == "the cat" and s.stopped == "eos"
 
 
 def test_eval_mode_while_sampling_and_mode_restored(vocab):
     model = TinyLM(len(vocab))
     model.train()
-    sample(model, vocab, SampleSpec(num_samples=2, max_length=5))
+    sample(model, vocab, conf_spec("sample", num_samples=2, max_length=5))
     assert model.training
     assert not any(training for _, training in model.calls)
 
 
 def test_prime_with_unknown_characters(vocab):
-    spec = SampleSpec(num_samples=1, max_length=3, prime="hЖюЖ", unk="reject")
+    spec = conf_spec("sample", num_samples=1, max_length=3, prime="hЖюЖ", unk="reject")
     message = r"sample.prime has characters not in the vocabulary: 'Ж', 'ю'; .*sample.unk=allow"
     with pytest.raises(UserError, match=message):
         sample(TinyLM(len(vocab)), vocab, spec)
     model = favouring(vocab, EOS_ID, margin=50.0)
-    (s,) = sample(model, vocab, SampleSpec(num_samples=1, max_length=3, prime="hЖ"))
+    (s,) = sample(model, vocab, conf_spec("sample", num_samples=1, max_length=3, prime="hЖ", unk="allow"))
     assert s.text == "h<unk>"
 
 
@@ -196,11 +197,11 @@ def test_prime_with_unknown_characters(vocab):
 ])
 def test_bad_specs(kwargs, key):
     with pytest.raises(UserError, match=key):
-        SampleSpec(**kwargs)
+        conf_spec("sample", **kwargs)
 
 
 def test_good_edges_are_accepted():
-    SampleSpec(top_p=1.0, top_k=1, max_length=1, num_samples=1, temperature=1e-6, unk="reject")
+    conf_spec("sample", top_p=1.0, top_k=1, max_length=1, num_samples=1, temperature=1e-6, unk="reject")
 
 
 def made(text: str) -> Sample:

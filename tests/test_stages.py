@@ -11,7 +11,7 @@ import sqlite3
 import pytest
 
 from conftest import REPO, tiny_params
-from rnnlab import checkpoint, scoring
+from rnnlab import trained_model, scoring
 from rnnlab.errors import UserError
 from rnnlab.stages import evaluate, prepare, sample, train, vocab
 from rnnlab.stages.train import user_callbacks
@@ -40,7 +40,7 @@ def test_final_val_loss_equals_evaluate_on_the_val_split(tmp_path, in_repo, fres
     with open(tmp_path / "data" / "train" / "val.csv") as fh:
         (row,) = list(csv.DictReader(fh))  # one validation, at the last step: the saved model is that one
     # The double behind both (Lightning logs it as float32): the saved model, scored again, to the last bit.
-    voc, model, _ = checkpoint.load_trained(params.paths.vocab, tmp_path / "data" / "train" / "model")
+    voc, model, _ = trained_model.load_trained(params.paths.vocab, tmp_path / "data" / "train" / "model")
     again = scoring.score_stream(model, VocabDir(params.paths.vocab).ids("val"), 4, 8)
     assert float(row["val_loss"]) == again["loss"] and round(again["loss"], 6) == result["val"]["loss"]
     keys = {k for (k,) in db.execute("select distinct key from metrics")}

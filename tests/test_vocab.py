@@ -8,6 +8,7 @@ import json
 import numpy as np
 import pytest
 
+from conftest import conf_spec
 from rnnlab import vocab as V
 from rnnlab.errors import UserError
 
@@ -15,7 +16,7 @@ TEXT = {"train": "the cat sat.\nthe dog ran!\n", "val": "the cow sat.\n", "test"
 
 
 def test_char_round_trip_and_newline_is_a_char():
-    voc = V.build(TEXT["train"], V.VocabSpec(level="char"), line_corpus=False)
+    voc = V.build(TEXT["train"], conf_spec("vocab", level="char"), line_corpus=False)
     assert voc.tokens[:2] == ["<eos>", "<unk>"] and "\n" in voc.tokens
     ids = voc.encode(TEXT["train"])
     assert ids.dtype == np.uint16 and len(ids) == len(TEXT["train"])
@@ -23,7 +24,7 @@ def test_char_round_trip_and_newline_is_a_char():
 
 
 def test_vocabulary_comes_from_train_only_and_oov_maps_to_unk():
-    voc = V.build(TEXT["train"], V.VocabSpec(level="char"), line_corpus=False)
+    voc = V.build(TEXT["train"], conf_spec("vocab", level="char"), line_corpus=False)
     assert "w" not in voc.index  # "cow" is in val only
     ids = voc.encode(TEXT["val"])
     assert (ids == V.UNK_ID).sum() == 1
@@ -31,7 +32,7 @@ def test_vocabulary_comes_from_train_only_and_oov_maps_to_unk():
 
 
 def test_char_line_corpus_ends_lines_with_eos():
-    voc = V.build("ann\nbob\n", V.VocabSpec(level="char"), line_corpus=True)
+    voc = V.build("ann\nbob\n", conf_spec("vocab", level="char"), line_corpus=True)
     assert "\n" not in voc.tokens
     ids = voc.encode("ann\nbob\n")
     assert ids.tolist() == [voc.index["a"], voc.index["n"], voc.index["n"], V.EOS_ID,
@@ -40,7 +41,7 @@ def test_char_line_corpus_ends_lines_with_eos():
 
 
 def test_word_level_tokens_punctuation_and_eos():
-    voc = V.build(TEXT["train"], V.VocabSpec(level="word", min_freq=1), line_corpus=False)
+    voc = V.build(TEXT["train"], conf_spec("vocab", level="word", min_freq=1), line_corpus=False)
     assert voc.tokenize("the cat's hat.\n") == ["the", "cat's", "hat", ".", "<eos>"]
     assert voc.tokens[2] == "the"  # most frequent first
     ids = voc.encode(TEXT["train"])
@@ -49,22 +50,22 @@ def test_word_level_tokens_punctuation_and_eos():
 
 
 def test_whitespace_tokenizer_for_pretokenised_text():
-    voc = V.build("a b. c\n", V.VocabSpec(level="word", tokenizer="whitespace"), line_corpus=False)
+    voc = V.build("a b. c\n", conf_spec("vocab", level="word", tokenizer="whitespace"), line_corpus=False)
     assert voc.tokenize("a b. c\n") == ["a", "b.", "c", "<eos>"]
 
 
 def test_min_freq_max_size_and_lowercase():
-    spec = V.VocabSpec(level="word", min_freq=2, lowercase=True)
+    spec = conf_spec("vocab", level="word", min_freq=2, lowercase=True)
     voc = V.build("The cat\nthe dog\n", spec, line_corpus=False)
     assert voc.tokens == ["<eos>", "<unk>", "the"]
-    voc = V.build(TEXT["train"], V.VocabSpec(level="word", max_size=3), line_corpus=False)
+    voc = V.build(TEXT["train"], conf_spec("vocab", level="word", max_size=3), line_corpus=False)
     assert voc.tokens == ["<eos>", "<unk>", "the"]
-    voc = V.build("aab\n", V.VocabSpec(level="char", min_freq=2), line_corpus=False)
+    voc = V.build("aab\n", conf_spec("vocab", level="char", min_freq=2), line_corpus=False)
     assert voc.decode(voc.encode("aab")) == "aa<unk>"
 
 
-@pytest.mark.parametrize("spec", [V.VocabSpec(level="word", min_freq=5), V.VocabSpec(level="word", max_size=2),
-                                  V.VocabSpec(level="char", min_freq=100)])
+@pytest.mark.parametrize("spec", [conf_spec("vocab", level="word", min_freq=5), conf_spec("vocab", level="word", max_size=2),
+                                  conf_spec("vocab", level="char", min_freq=100)])
 def test_empty_vocabulary_is_a_user_error(spec):
     with pytest.raises(UserError, match="leave an empty vocabulary"):
         V.build(TEXT["train"], spec, line_corpus=False)
@@ -75,11 +76,11 @@ def test_empty_vocabulary_is_a_user_error(spec):
                                          ({"min_freq": 0}, "vocab.min_freq=0")])
 def test_bad_spec(kw, message):
     with pytest.raises(UserError, match=message):
-        V.VocabSpec(**kw)
+        conf_spec("vocab", **kw)
 
 
 def test_stage_outputs_and_json_round_trip(tmp_path):
-    stats = V.build_and_encode(TEXT, V.VocabSpec(level="word"), False, tmp_path)
+    stats = V.build_and_encode(TEXT, conf_spec("vocab", level="word"), False, tmp_path)
     folder = V.VocabDir(tmp_path)  # the one reader of the folder's layout
     voc = folder.vocab()
     assert voc.hash == stats["hash"] and len(voc) == stats["size"] and folder.stats() == stats
@@ -104,9 +105,9 @@ def test_missing_vocabulary_names_the_stage(tmp_path):
 
 
 def test_hash_is_stable_and_content_sensitive():
-    a = V.build(TEXT["train"], V.VocabSpec(level="char"), line_corpus=False)
-    b = V.build(TEXT["train"], V.VocabSpec(level="char"), line_corpus=False)
-    c = V.build(TEXT["train"], V.VocabSpec(level="char"), line_corpus=True)
+    a = V.build(TEXT["train"], conf_spec("vocab", level="char"), line_corpus=False)
+    b = V.build(TEXT["train"], conf_spec("vocab", level="char"), line_corpus=False)
+    c = V.build(TEXT["train"], conf_spec("vocab", level="char"), line_corpus=True)
     assert a.hash == b.hash != c.hash
 
 
@@ -117,7 +118,7 @@ PTB_STYLE = " the <unk> sat on N mats \n a <unk> dog ran \n the cat sat \n"
 
 @pytest.mark.parametrize("tokenizer", ["whitespace", "words"])
 def test_literal_unk_is_the_vocabularys_unk(tokenizer):
-    spec = V.VocabSpec(level="word", tokenizer=tokenizer, min_freq=1, max_size=None)
+    spec = conf_spec("vocab", level="word", tokenizer=tokenizer, min_freq=1, max_size=None)
     voc = V.build(PTB_STYLE, spec, line_corpus=False)
     words = set(PTB_STYLE.split()) - {"<unk>"}
     assert len(voc) == len(words) + 2 and voc.tokens.count("<unk>") == 1  # + <eos>, <unk>
@@ -128,7 +129,7 @@ def test_literal_unk_is_the_vocabularys_unk(tokenizer):
 
 
 def test_custom_unk_token_is_stored_hashed_and_loaded(tmp_path):
-    spec = V.VocabSpec(level="word", tokenizer="words", min_freq=1, unk_token="[UNK]", lowercase=True)
+    spec = conf_spec("vocab", level="word", tokenizer="words", min_freq=1, unk_token="[UNK]", lowercase=True)
     voc = V.build("The [UNK] sat.\n[unk] ran\n", spec, line_corpus=False)
     assert "[UNK]" not in voc.tokens and "[unk]" not in voc.tokens and "[" not in voc.tokens
     assert voc.encode("a [UNK] b\n").tolist()[1] == V.UNK_ID
@@ -136,13 +137,13 @@ def test_custom_unk_token_is_stored_hashed_and_loaded(tmp_path):
     assert json.loads((tmp_path / "vocab.json").read_text())["unk_token"] == "[UNK]"
     loaded = V.Vocab.load(tmp_path / "vocab.json")
     assert loaded.unk_token == "[UNK]" and loaded.hash == voc.hash
-    default = V.build("The [UNK] sat.\n[unk] ran\n", V.VocabSpec(level="word", min_freq=1, lowercase=True), False)
+    default = V.build("The [UNK] sat.\n[unk] ran\n", conf_spec("vocab", level="word", min_freq=1, lowercase=True), False)
     assert default.hash != voc.hash
 
 
 def test_default_unk_token_keeps_old_hashes_and_files(tmp_path):
     """Vocabularies written before unk_token existed load as `<unk>` with the same hash."""
-    voc = V.build(TEXT["train"], V.VocabSpec(level="word"), line_corpus=False)
+    voc = V.build(TEXT["train"], conf_spec("vocab", level="word"), line_corpus=False)
     data = voc.to_json()
     assert "unk_token" not in data
     keys = {k: data[k] for k in ("level", "tokens", "lowercase", "tokenizer", "newline_is_eos")}
@@ -152,12 +153,12 @@ def test_default_unk_token_keeps_old_hashes_and_files(tmp_path):
 
 
 def test_unk_token_has_no_effect_at_char_level():
-    a = V.build("a <unk> b\n", V.VocabSpec(level="char"), line_corpus=False)
-    b = V.build("a <unk> b\n", V.VocabSpec(level="char", unk_token="[X]"), line_corpus=False)
+    a = V.build("a <unk> b\n", conf_spec("vocab", level="char"), line_corpus=False)
+    b = V.build("a <unk> b\n", conf_spec("vocab", level="char", unk_token="[X]"), line_corpus=False)
     assert a.hash == b.hash and "<" in a.tokens and V.UNK_ID not in a.encode("a <unk> b\n")
 
 
 @pytest.mark.parametrize("bad", ["", "< unk >", "<eos>"])
 def test_bad_unk_token(bad):
     with pytest.raises(UserError, match="vocab.unk_token="):
-        V.VocabSpec(level="word", unk_token=bad)
+        conf_spec("vocab", level="word", unk_token=bad)

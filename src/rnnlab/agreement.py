@@ -16,7 +16,7 @@ only cue for the verb.
 The probe of what a trained model makes of these sentences is in agreement_probe.py. Plain Python
 (no torch): the prepare stage imports it.
 
-    text = generate(AgreementSpec(n_sentences=20000, max_distance=40))
+    text = generate(AgreementSpec(n_sentences=20000, min_distance=0, max_distance=40, seed=0, filler="random"))
 """
 
 from __future__ import annotations

@@ -23,7 +23,6 @@ RNN ≈ 50 % at distance ≥ 30" is a claim about both the cell and the chosen `
 from __future__ import annotations
 
 import random
-from pathlib import Path
 
 import torch
 from torch import nn
@@ -81,29 +80,6 @@ def probe(model: nn.Module, vocab: Vocab, distances: list[int], per_distance: in
                  "n": per_distance} for d in distances]
     finally:
         model.train(was_training)
-
-
-def save_plot(curves: dict[str, list[dict]], path: str | Path, title: str = "Subject–verb agreement") -> None:
-    """Accuracy against distance, one line per label, with the 50 % chance line; a PNG at `path`."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(7, 4.2), dpi=110)
-    for label, rows in curves.items():
-        ax.plot([r["distance"] for r in rows], [100 * r["accuracy"] for r in rows], marker="o", label=label)
-    ax.axhline(50, color="grey", linestyle="--", linewidth=1, label="chance")
-    ax.set_xlabel("distance (filler words between subject and verb)")
-    ax.set_ylabel("correct verb form preferred (%)")
-    ax.set_ylim(0, 105)
-    ax.set_title(title)
-    ax.grid(True, alpha=0.3)
-    ax.legend()
-    fig.tight_layout()
-    Path(path).parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path)
-    plt.close(fig)
 
 
 def markdown_table(curves: dict[str, list[dict]]) -> str:

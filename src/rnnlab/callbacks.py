@@ -18,14 +18,39 @@ from __future__ import annotations
 
 import math
 import time
+from dataclasses import replace
 
 import torch
 from lightning.pytorch.callbacks import Callback
 
 from rnnlab import gradstats
 from rnnlab.sampling import sample
-from rnnlab.schema import SampleSpec
-from rnnlab.vocab import Vocab
+from rnnlab.schema import GradStatsSpec, SampleSpec
+from rnnlab.scoring import batchify
+from rnnlab.vocab import Vocab, VocabDir
+
+
+def diagnostics(vocab_dir: VocabDir, spec: GradStatsSpec, sampling: SampleSpec) -> dict[str, Callback]:
+    """The diagnostic callbacks the `gradstats` section switches on (0 turns one off); validation samples
+    are drawn as the `sample` section says (temperature, top-k/p, <unk> policy, prime)."""
+    found = {}
+    if spec.every_n_steps > 0:
+        found["grad"] = GradientStats(spec.every_n_steps)
+    window = probe_window(vocab_dir.ids("val"), spec)
+    if window is not None:
+        found["gtt"] = GradientThroughTime(window)
+    if spec.samples > 0:
+        found["samples"] = ValidationSamples(vocab_dir.vocab(), replace(sampling, num_samples=spec.samples,
+                                                                        max_length=spec.sample_length))
+    return found
+
+
+def probe_window(val_ids, spec: GradStatsSpec) -> tuple[torch.Tensor, torch.Tensor] | None:
+    """The fixed validation window of the gradient-through-time probe: first T+1 tokens of B streams."""
+    if spec.gtt_length < 1 or len(val_ids) < spec.gtt_batch * (spec.gtt_length + 1):
+        return None
+    data = batchify(val_ids, spec.gtt_batch)[:, : spec.gtt_length + 1]  # (B, T+1)
+    return data[:, :-1], data[:, 1:]
 
 
 class GradientStats(Callback):
@@ -95,19 +120,18 @@ class GradientThroughTime(Callback):
 
 
 class ValidationSamples(Callback):
-    """At each validation, `count` samples (the sampler of sampling.py, seeded by the step) to MLflow:
-    `samples/step_<step>.txt` and rows of the table `samples/samples.json`."""
+    """At each validation, samples drawn as `spec` says (the sampler of sampling.py, seeded by the step) to
+    MLflow: `samples/step_<step>.txt` and rows of the table `samples/samples.json`."""
 
-    def __init__(self, vocab: Vocab, count: int, length: int) -> None:
-        self.vocab, self.count, self.length = vocab, count, length
+    def __init__(self, vocab: Vocab, spec: SampleSpec) -> None:
+        self.vocab, self.spec = vocab, spec
 
     def on_validation_epoch_end(self, trainer, pl_module) -> None:
         logger = trainer.logger
         if trainer.sanity_checking or not trainer.is_global_zero or not hasattr(logger, "run_id"):
             return
         step = trainer.global_step
-        samples = sample(pl_module.model, self.vocab, SampleSpec(num_samples=self.count, max_length=self.length,
-                                                                 seed=step))
+        samples = sample(pl_module.model, self.vocab, replace(self.spec, seed=step))
         text = "\n\n----\n\n".join(s.text for s in samples)
         logger.experiment.log_text(logger.run_id, text, f"samples/step_{step:06d}.txt")
         logger.experiment.log_table(logger.run_id, {"step": [step] * len(samples), "text": [s.text for s in samples],

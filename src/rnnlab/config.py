@@ -2,118 +2,45 @@
 
 DVC's Hydra integration recomposes params.yaml from conf/ on every `dvc exp run` (with its `-S`
 overrides); plain `dvc repro` never does. So:
-  * stage scripts read params.yaml (`load_params`) and turn sections into small dataclasses (`section`);
+  * stage scripts read params.yaml into one checked `rnnlab.params.Params` (`rnnlab.params.load`);
   * `python -m rnnlab.config [overrides]` recomposes params.yaml by hand, exactly as DVC would;
   * the `params` stage (`check_fresh`) notices conf/ edited without recomposing and says what to run.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import functools
 import hashlib
 import json
 import os
 import sys
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
+from rnnlab import params as params_mod
 from rnnlab.errors import UserError, entry_point
 from rnnlab.files import write_json
+from rnnlab.params import Params
 
 PARAMS = Path("params.yaml")
-DVC_YAML = Path("dvc.yaml")
 CONF_DIR = Path("conf")
 CONFIG_NAME = "config"
-T = TypeVar("T")
-
-
-def load_params(path: str | Path = PARAMS):
-    """params.yaml as an OmegaConf DictConfig, every value checked against rnnlab.schema."""
-    import yaml
-    from omegaconf import OmegaConf
-
-    if not Path(path).exists():
-        raise UserError(f"no {path} here; run from the repository root, or create it: python -m rnnlab.config")
-    try:
-        cfg = OmegaConf.load(path)
-    except yaml.YAMLError as err:
-        first = str(err).strip().splitlines()[0]
-        raise UserError(f"{path} is not valid YAML ({first}); fix it, or recompose it: "
-                        "python -m rnnlab.config") from None
-    return validated(cfg)
-
-
-def validated(cfg):
-    """`cfg` itself, after rnnlab.schema checked the type and range of every value (one-line UserError)."""
-    from omegaconf import OmegaConf
-
-    from rnnlab.schema import validate
-
-    if not OmegaConf.is_dict(cfg):
-        raise UserError("params.yaml is not a mapping of sections; recompose it: python -m rnnlab.config")
-    validate(OmegaConf.to_container(cfg, resolve=True))
-    return cfg
-
-
-def section(cfg: Any, cls: type[T], key: str) -> T:
-    """Build the dataclass `cls` (rnnlab.schema) from `cfg[key]`, checked."""
-    from omegaconf import OmegaConf
-
-    from rnnlab.schema import build
-
-    return build(cls, key, OmegaConf.to_container(cfg[key], resolve=True) if OmegaConf.is_config(cfg[key])
-                 else dict(cfg[key]))
-
-
-def stage_keys(stage: str, path: Path = DVC_YAML) -> list[str]:
-    """The params keys that dvc.yaml lists for `stage`: what the stage reads (DVC reruns it when one changes)."""
-    import yaml
-
-    if not Path(path).exists():
-        raise UserError(f"no {path} here; run from the repository root")
-    items = yaml.safe_load(Path(path).read_text(encoding="utf-8"))["stages"][stage].get("params", [])
-    return [key for item in items for key in ([item] if isinstance(item, str) else sum(item.values(), []))]
-
-
-def stage_params(cfg: Any, stage: str) -> dict:
-    """The values of `stage_keys(stage)` as plain containers, without `paths` (where files go does not
-    change a result): what a training logs to MLflow and what decides whether it may resume."""
-    from omegaconf import OmegaConf
-
-    values = {}
-    for key in stage_keys(stage):
-        if key.split(".")[0] != "paths":
-            value = OmegaConf.select(cfg, key)
-            values[key] = OmegaConf.to_container(value, resolve=True) if OmegaConf.is_config(value) else value
-    return values
-
-
-def with_overrides(cfg: Any, overrides: list[str]):
-    """params.yaml plus command-line `key=value` overrides of existing keys (for stage scripts)."""
-    import yaml
-    from omegaconf import OmegaConf
-
-    for item in overrides:
-        key = item.split("=", 1)[0]
-        if "=" not in item or OmegaConf.select(cfg, key, default="<missing>") == "<missing>":
-            top = key.split(".")[0]
-            keys = sorted(cfg[top].keys()) if top in cfg and OmegaConf.is_dict(cfg[top]) else sorted(cfg.keys())
-            raise UserError(f"unknown override {item!r}; give key=value with a key of params.yaml, "
-                            f"e.g. {top}.{keys[0]}=... (valid under {top}: {', '.join(map(str, keys))})")
-    cfg = cfg.copy()
-    for item in overrides:
-        key, value = item.split("=", 1)
-        # A string key keeps the text as typed (sample.prime=ROMEO: is not a YAML mapping).
-        parsed = value if isinstance(OmegaConf.select(cfg, key), str) else yaml.safe_load(value)
-        OmegaConf.update(cfg, key, parsed, merge=False)
-    return validated(cfg)
 
 
 def group_options(group: str, conf_dir: Path = CONF_DIR) -> list[str]:
     return sorted(p.stem for p in (conf_dir / group).glob("*.yaml"))
 
 
-def compose(overrides: list[str] = (), conf_dir: Path = CONF_DIR, check: bool = True):
-    """Compose conf/ with Hydra overrides (as DVC does), turning Hydra's errors into one line."""
+def compose(overrides: list[str] = (), conf_dir: Path = CONF_DIR) -> Params:
+    """conf/ composed with Hydra overrides (as DVC does), checked: the `Params` a stage would load."""
+    from omegaconf import OmegaConf
+
+    return params_mod.from_dict(OmegaConf.to_container(compose_config(overrides, conf_dir)))
+
+
+def compose_config(overrides: list[str] = (), conf_dir: Path = CONF_DIR):
+    """Compose conf/ with Hydra overrides (a DictConfig, unchecked), turning Hydra's errors into one line."""
     from hydra import compose as hydra_compose
     from hydra import initialize_config_dir
     from hydra.errors import ConfigCompositionException, MissingConfigException, OverrideParseException
@@ -133,10 +60,26 @@ def compose(overrides: list[str] = (), conf_dir: Path = CONF_DIR, check: bool = 
         groups = ", ".join(sorted(p.name for p in Path(conf_dir).iterdir() if p.is_dir()))
         raise UserError(f"{first} Check the override's spelling; config groups: {groups}") from None
     OmegaConf.resolve(cfg)
-    return validated(cfg) if check else cfg
+    return cfg
 
 
-def check_overrides(overrides: list[str], conf_dir: Path = CONF_DIR):
+@functools.lru_cache(maxsize=8)
+def defaults(conf_dir: Path = CONF_DIR) -> Params:
+    """conf/'s default composition (cached): where a test or a benchmark takes the values it does not change."""
+    return compose([], conf_dir)
+
+
+def spec(key: str, conf_dir: Path = CONF_DIR, **changes: Any) -> Any:
+    """A section of the default composition with some values changed, checked again:
+    `spec("model", cell="lstm", hidden_size=64)`; `corpus.generator` is corpus=agreement's generator."""
+    if key == "corpus.generator":
+        from rnnlab.schema import AgreementSpec
+
+        return AgreementSpec(**compose(["corpus=agreement"], conf_dir).corpus.generator | changes)
+    return dataclasses.replace(getattr(defaults(Path(conf_dir)), key), **changes)
+
+
+def check_overrides(overrides: list[str], conf_dir: Path = CONF_DIR) -> Params:
     """Check sweep overrides (`model=rnn,gru`, `trainer.gradient_clip_val=0,1`) before any job starts:
     every group option and key must exist; errors are one line (see `compose`). Returns the config of
     the first job."""
@@ -165,9 +108,14 @@ def to_yaml(cfg) -> str:
 
 
 def write_params(overrides: list[str] = (), path: Path = PARAMS, conf_dir: Path = CONF_DIR) -> None:
+    """params.yaml composed from conf/, written only once every value is checked."""
+    from omegaconf import OmegaConf
+
     from rnnlab.files import write_text
 
-    write_text(path, to_yaml(compose(overrides, conf_dir)))
+    cfg = compose_config(overrides, conf_dir)
+    params_mod.from_dict(OmegaConf.to_container(cfg))
+    write_text(path, to_yaml(cfg))
 
 
 # --- noticing a stale params.yaml ---------------------------------------------------------------------------
@@ -199,12 +147,10 @@ def check_fresh(state_path: Path, params_path: Path = PARAMS, conf_dir: Path = C
 
 def composes_to_params(params_path: Path, conf_dir: Path) -> bool:
     """Does composing conf/ with the group options recorded in params.yaml give params.yaml?"""
-    from omegaconf import OmegaConf
-
-    params = load_params(params_path)
-    choices = [f"{g}={params[g].name}" for g in params if OmegaConf.is_dict(params[g]) and "name" in params[g]]
+    params = params_mod.load(params_path)
+    choices = [f"{group}={option}" for group, option in params.choices.items()]
     # Only the group choices are replayed, so required values (`???`) may be unset: no schema check here.
-    return to_yaml(compose(choices, conf_dir, check=False)) == params_path.read_text(encoding="utf-8")
+    return to_yaml(compose_config(choices, conf_dir)) == params_path.read_text(encoding="utf-8")
 
 
 def usage(conf_dir: Path = CONF_DIR) -> str:

@@ -104,11 +104,10 @@ class StreamLoader(DataLoader):
 class StreamDataModule(pl.LightningDataModule):
     """Train and val windows from the vocab stage's encoded splits."""
 
-    def __init__(self, vocab_dir: str | Path, batch_size: int, bptt: int, eval_batch_size: int) -> None:
+    def __init__(self, vocab_dir: str | Path, spec: DataSpec) -> None:
         super().__init__()
-        DataSpec(batch_size, bptt, eval_batch_size)  # sizes of at least 1 (schema.py)
         self.vocab_dir = VocabDir(vocab_dir)
-        self.batch_size, self.bptt, self.eval_batch_size = batch_size, bptt, eval_batch_size
+        self.batch_size, self.bptt, self.eval_batch_size = spec.batch_size, spec.bptt, spec.eval_batch_size
         self.part = (0, 1)  # (rank, world size), set by `setup` from the Trainer
 
     def setup(self, stage: str | None = None) -> None:

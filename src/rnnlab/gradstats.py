@@ -13,7 +13,6 @@ an additive path, so its curve stays much flatter.
 from __future__ import annotations
 
 import math
-from pathlib import Path
 
 import torch
 import torch.nn.functional as F
@@ -64,53 +63,3 @@ def gradient_through_time(model: RNNLM, x: torch.Tensor, y: torch.Tensor) -> tor
 def probe_distances(length: int) -> list[int]:
     """Distances T - t logged as metrics: 0, 1, 2, 4, 8, ... below T."""
     return [0] + [2**k for k in range(int(math.log2(max(length - 1, 1))) + 1) if 2**k < length]
-
-
-def save_norm_plot(rows: list[list], path: str | Path, title: str) -> None:
-    """grad_norm.csv drawn: the total gradient norm before and after clipping (log scale), and the share of
-    steps clipped, against the step."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    steps = [r[0] for r in rows]
-    fig, (top, bottom) = plt.subplots(2, 1, figsize=(7, 5.2), dpi=110, sharex=True, height_ratios=[2, 1])
-    top.semilogy(steps, [max(r[1], 1e-30) for r in rows], label="before clipping", linewidth=1)
-    top.semilogy(steps, [max(r[2], 1e-30) for r in rows], label="after clipping", linewidth=1)
-    top.set_ylabel("‖gradient‖ (log scale)")
-    top.set_title(title)
-    top.legend(fontsize=8)
-    bottom.plot(steps, [r[3] for r in rows], color="tab:red", linewidth=1)
-    bottom.set_ylabel("clip fraction")
-    bottom.set_xlabel("step")
-    for ax in (top, bottom):
-        ax.grid(True, alpha=0.3)
-    fig.tight_layout()
-    Path(path).parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path)
-    plt.close(fig)
-
-
-def save_plot(curves: list[tuple[str, list[float]]], path: str | Path, title: str) -> None:
-    """Log-scale ||dL_T/dx_t|| against the distance T - t, one curve per validation."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(7, 4.2), dpi=110)
-    cmap = plt.get_cmap("viridis")
-    for i, (label, norms) in enumerate(curves):
-        distance = list(range(len(norms)))  # norms are ordered by distance already
-        ax.semilogy(distance, [max(n, 1e-30) for n in norms], label=label, color=cmap(i / max(len(curves) - 1, 1)))
-    ax.set_xlabel("distance T − t (steps back from the predicted token)")
-    ax.set_ylabel("‖∂L_T / ∂x_t‖ (log scale)")
-    ax.set_title(title)
-    ax.grid(True, which="both", alpha=0.3)
-    if len(curves) <= 12:
-        ax.legend(fontsize=7)
-    fig.tight_layout()
-    Path(path).parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path)
-    plt.close(fig)

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import random
 import time
+from dataclasses import asdict
 
 import lightning.pytorch as pl
 import numpy as np
@@ -19,11 +20,8 @@ import torch
 
 from rnnlab import scoring
 from rnnlab.errors import UserError
-from rnnlab.model import RNNLM, ModelSpec, detach_hidden, tree_map
-from rnnlab.schema import OPTIMIZER_NAMES, OptimSpec
-
-OPTIMIZERS = {"adam": torch.optim.Adam, "adamw": torch.optim.AdamW, "sgd": torch.optim.SGD}
-assert tuple(OPTIMIZERS) == OPTIMIZER_NAMES, "schema.py names the same optimisers"
+from rnnlab.model import RNNLM, detach_hidden, tree_map
+from rnnlab.schema import OPTIMIZERS, ModelSpec, OptimSpec
 
 
 class NonFiniteError(UserError):
@@ -37,12 +35,14 @@ class NonFiniteError(UserError):
 
 
 class LitLM(pl.LightningModule):
-    def __init__(self, vocab_size: int, vocab_hash: str, model: dict, optim: dict,
+    def __init__(self, vocab_size: int, vocab_hash: str, model: ModelSpec, optim: OptimSpec,
                  val_chars_per_token: float = 1.0) -> None:
         super().__init__()
-        self.save_hyperparameters()  # plain containers only: checkpoints load with weights_only=True
-        self.model = RNNLM(vocab_size, ModelSpec(**model))
-        self.optim_spec = OptimSpec(**optim)
+        # Plain containers only: checkpoints load with weights_only=True.
+        self.save_hyperparameters({"vocab_size": vocab_size, "vocab_hash": vocab_hash, "model": asdict(model),
+                                   "optim": asdict(optim), "val_chars_per_token": val_chars_per_token})
+        self.model = RNNLM(vocab_size, model)
+        self.optim_spec = optim
         self.hidden = None  # carried training state (truncated BPTT); a mid-epoch checkpoint keeps it
         self.history: dict[str, list] = {"train": [], "val": []}  # loss.csv and val.csv rows
         self._tokens, self._clock = 0, time.perf_counter()
@@ -119,7 +119,7 @@ class LitLM(pl.LightningModule):
         kwargs = {"lr": spec.lr, "weight_decay": spec.weight_decay}
         if spec.algorithm == "sgd":
             kwargs["momentum"] = spec.momentum
-        optimizer = OPTIMIZERS[spec.algorithm](self.model.parameters(), **kwargs)
+        optimizer = getattr(torch.optim, OPTIMIZERS[spec.algorithm])(self.model.parameters(), **kwargs)
         if spec.schedule == "none":
             return optimizer
         if spec.schedule == "step":  # epoch e (1-based) trains with lr · factor^max(0, e - start)

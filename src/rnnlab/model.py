@@ -2,7 +2,11 @@
 
 A plain `nn.Module`, architecture only; optimiser and logging live in the LightningModule.
 All three cells share one `forward(tokens, hidden) -> (scores, hidden)`; the cell is picked by one lookup
-in `CELLS`. The head (`model.head`) is a linear layer over the vocabulary with a softmax (`full`; scores are
+in `rnnlab.schema.CELLS` (its torch.nn module). Who runs backpropagation through time in training is
+explicit, `model.impl`: `torch` always calls the nn module; `rnnlab` runs RNN and GRU layers through
+rnnlab.recurrence (the same maths, written out: one matmul per step and a hand-written backward, faster on
+a CPU); `auto` (the default) uses rnnlab.recurrence where it applies (CPU, gradients on, fp32, RNN/GRU)
+and the nn module elsewhere. Evaluation and sampling (no gradients) always run the nn module. The head (`model.head`) is a linear layer over the vocabulary with a softmax (`full`; scores are
 logits) or the adaptive softmax of Grave et al. 2017 (`adaptive`, `torch.nn.AdaptiveLogSoftmaxWithLoss`;
 scores are log-probabilities over the full vocabulary, so sampling and the probes treat both alike). For
 the loss, `features` + `nll` skip the full distribution: the adaptive head then computes only the clusters
@@ -11,7 +15,7 @@ distribution over every word. The hidden state is whatever the cell returns (a t
 that handles it (`detach_hidden`, `reset_hidden_where`) goes through `tree_map` instead of branching on
 the cell type. `hidden=None` means the zero state, for every cell.
 
-    model = RNNLM(vocab_size=len(vocab), spec=ModelSpec(cell="lstm", num_layers=2))
+    model = RNNLM(vocab_size=len(vocab), spec=params.model)   # a ModelSpec, e.g. rnnlab.params.load().model
     logits, hidden = model(x)                          # (B, T, V)
     logits, hidden = model(x_next, detach_hidden(hidden))  # next window of the same streams
     h, hidden = model.features(x); loss = model.nll(h, y)   # the training loss, any head
@@ -28,23 +32,20 @@ from torch import nn
 
 from rnnlab import recurrence
 from rnnlab.errors import UserError
-from rnnlab.schema import CELL_NAMES, ModelSpec
+from rnnlab.schema import CELLS, ModelSpec
 from rnnlab.vocab import EOS_ID
-
-CELLS = {"rnn": nn.RNN, "gru": nn.GRU, "lstm": nn.LSTM}
-assert tuple(CELLS) == CELL_NAMES, "schema.py names the same cells"
 
 Hidden = Union[torch.Tensor, tuple[torch.Tensor, ...], None]
 
 
 class RNNLM(nn.Module):
-    def __init__(self, vocab_size: int, spec: ModelSpec = ModelSpec()) -> None:
+    def __init__(self, vocab_size: int, spec: ModelSpec) -> None:
         super().__init__()
         self.vocab_size, self.spec = vocab_size, spec
         self.embedding = nn.Embedding(vocab_size, spec.embedding_size)
         # The cell's own dropout acts between stacked layers only; with one layer it would just warn.
         between = spec.dropout if spec.num_layers > 1 else 0.0
-        self.rnn = CELLS[spec.cell](spec.embedding_size, spec.hidden_size, spec.num_layers,
+        self.rnn = getattr(nn, CELLS[spec.cell])(spec.embedding_size, spec.hidden_size, spec.num_layers,
                                     batch_first=True, dropout=between)
         self.drop = nn.Dropout(spec.dropout)
         if spec.head == "adaptive":
@@ -108,13 +109,23 @@ class RNNLM(nn.Module):
     def core(self, emb: torch.Tensor, hidden: Hidden = None) -> tuple[torch.Tensor, Hidden]:
         """Embeddings (B, T, E) -> the recurrent core's outputs, dropout applied, ready for the head."""
         emb = self.dropout(emb, self.spec.input_dropout)
-        if recurrence.supports(self.rnn, emb):  # CPU training: the hand-written BPTT, same maths
+        if self.hand_written_bptt(emb):
             out, hidden = recurrence.run(self.rnn, emb, hidden)
         else:
             out, hidden = self.rnn(emb, hidden)  # (B, T, H); hidden (L, B, H) or a tuple of those
         if self.spec.variational:
             return self.dropout(out, self.spec.dropout), hidden
         return self.drop(out), hidden
+
+    def hand_written_bptt(self, emb: torch.Tensor) -> bool:
+        """Whether this call runs rnnlab.recurrence (model.impl, see the module docstring)."""
+        if self.spec.impl == "torch" or not torch.is_grad_enabled():
+            return False
+        usable = recurrence.supports(self.rnn, emb)
+        if self.spec.impl == "rnnlab" and not usable:
+            raise UserError("model.impl=rnnlab needs a tanh RNN or GRU in fp32 on the CPU; use model.impl=auto "
+                            "(rnnlab.recurrence where it applies) or torch")
+        return usable
 
     def scores(self, h: torch.Tensor) -> torch.Tensor:
         """(..., H) -> (..., V): logits (full head) or log-probabilities (adaptive head)."""

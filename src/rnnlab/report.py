@@ -145,36 +145,19 @@ def markdown(rows: list[dict], title: str) -> str:
 
 
 def plots(client, runs: list, out: Path) -> None:
-    import matplotlib
+    """gradient_through_time.png and val_loss.png in `out`: the runs' metrics read here, drawn by rnnlab.plots."""
+    from rnnlab import plots as draw
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(7, 4.2), dpi=110)
+    gtt, val = [], []
     for run in runs:
         values, distances = gtt_curve(run)
         if values:
-            ax.semilogy(distances, [max(v, 1e-30) for v in values], marker="o", label=label(run))
-    ax.set(xlabel="distance T − t", ylabel="‖∂L_T/∂x_t‖ (last validation)", title="Gradient through time")
-    ax.grid(True, which="both", alpha=0.3)
-    if ax.get_legend_handles_labels()[0]:
-        ax.legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(out / "gradient_through_time.png")
-    plt.close(fig)
-
-    fig, ax = plt.subplots(figsize=(7, 4.2), dpi=110)
-    for run in runs:
+            gtt.append((label(run), distances, values))
         hist = client.get_metric_history(run.info.run_id, "val/loss")
         if hist:
-            ax.semilogy([h.step for h in hist], [h.value for h in hist], marker="o", label=label(run))
-    ax.set(xlabel="step", ylabel="val loss (nats/token, log scale)", title="Validation loss")
-    ax.grid(True, alpha=0.3)
-    if ax.get_legend_handles_labels()[0]:
-        ax.legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(out / "val_loss.png")
-    plt.close(fig)
+            val.append((label(run), [h.step for h in hist], [h.value for h in hist]))
+    draw.runs_gradient_through_time(gtt, out / "gradient_through_time.png")
+    draw.runs_val_loss(val, out / "val_loss.png")
 
 
 def write(client, runs: list, out_dir: str | Path, title: str) -> str:
@@ -185,3 +168,34 @@ def write(client, runs: list, out_dir: str | Path, title: str) -> str:
     plots(client, runs, out)
     write_text(out / "report.md", markdown(rows, title))
     return compact(rows, runs)
+
+
+def compare(tracking, sweep_dir: Path | None = None, dvc_names: list[str] | None = None,
+            out: Path | None = None) -> tuple[str, int, Path]:
+    """`python pipeline/report.py`: the runs of a sweep (its folder) or of DVC experiments (names; none: all),
+    compared; the report goes to `out` (and to the sweep's parent run). Returns (table, runs, report file)."""
+    from mlflow.tracking import MlflowClient
+
+    from rnnlab.errors import UserError
+    from rnnlab.tracking import tracking_uri
+
+    client = MlflowClient(tracking_uri(tracking))
+    parent = None
+    if sweep_dir is not None:
+        experiment = client.get_experiment_by_name(tracking.experiment)
+        found = client.search_runs([experiment.experiment_id] if experiment else [],
+                                   f"tags.`rnnlab.sweep_dir` = '{Path(sweep_dir).resolve()}'")
+        if not found:
+            raise UserError(f"no MLflow parent run for the sweep {sweep_dir}; give the folder "
+                            "`python pipeline/sweep.py -m ...` printed (multirun/<date>_<time>)")
+        parent = found[0].info.run_id
+        runs = children(client, parent)
+    else:
+        runs = dvc_experiments(client, tracking.experiment, dvc_names or [])
+    if not runs:
+        raise UserError("no runs to compare; run a sweep or `dvc exp run` first")
+    out = out or (Path(sweep_dir) / "report" if sweep_dir is not None else Path("reports/dvc"))
+    table = write(client, runs, out, title=f"Comparison of {len(runs)} runs")
+    if parent:
+        client.log_artifacts(parent, str(out), "report")
+    return table, len(runs), out / "report.md"

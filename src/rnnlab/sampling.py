@@ -40,10 +40,10 @@ import torch
 from rnnlab.errors import UserError
 from rnnlab.files import write_json, write_text
 from rnnlab.schema import SampleSpec
-from rnnlab.vocab import EOS_ID, TOKENIZERS, UNK_ID, Vocab
+from rnnlab.vocab import EOS_ID, PATTERNS, UNK_ID, Vocab
 
 NOVELTY_N = 8  # running text: a sample is novel if it has an n-gram of this many tokens absent from train
-WORDS = TOKENIZERS["words"]  # novelty compares words with one tokenizer on both sides
+WORDS = PATTERNS["words"]  # novelty compares words with one tokenizer on both sides
 
 
 @dataclass

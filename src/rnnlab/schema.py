@@ -1,26 +1,19 @@
-"""The schema of params.yaml: one dataclass per config section, with types and allowed ranges.
+"""The schema of params.yaml: one dataclass per section, with types, ranges and choices, and no defaults.
 
-This is the one declaration of every key a stage reads: `validate(params)` checks a whole composed
-config (when `python -m rnnlab.config` writes params.yaml, and at the start of every stage script,
-before anything is deleted or any MLflow run is created), and the library builds these same
-dataclasses from their sections (`rnnlab.config.section`). A wrong type or an out-of-range value is one
-line naming the key, the value given and what is expected:
-
-    error: model.hidden_size='abc': expected an integer
-    error: trainer.max_steps=0 trains nothing; give at least 1 (or -1 with trainer.max_time)
-
-A new key is checked by adding it, with its type, to its dataclass here. Plain Python: the cheap stages
-(params, prepare, vocab) validate without importing torch.
+Every default lives in conf/ only (tests/test_schema.py compares each field with the composed conf/, for
+every option of every group). `rnnlab.params` builds these from params.yaml in one pass; a bad value is
+one line naming the key, the value and what is expected (`error: model.hidden_size='abc': expected an
+integer`). Each choice list is declared here once and looked up by the modules that act on it. Plain
+Python: the cheap stages (params, prepare, vocab) validate without importing torch.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import types
-import typing
 from dataclasses import dataclass
-from typing import Any, Union
+from typing import Any
 
+from rnnlab.checks import at_least, check_sha256, check_types, matches, one_of
 from rnnlab.errors import UserError
 
 SOURCES = ("shakespeare", "file", "url", "agreement")
@@ -29,64 +22,20 @@ ENCODINGS = ("utf-8", "bytes")
 SPLIT_NAMES = ("train", "val", "test")
 NORMALIZATIONS = ("NFC", "NFKC", "NFD", "NFKD", "none")
 LEVELS = ("char", "word")
-TOKENIZER_NAMES = ("words", "whitespace")
-CELL_NAMES = ("rnn", "gru", "lstm")
+# vocab.tokenizer -> the regular expression that finds its tokens (rnnlab.vocab compiles them)
+TOKENIZERS = {
+    "words": r"\w+(?:['’]\w+)*|[^\w\s]",  # words (with inner apostrophes) and punctuation
+    "whitespace": r"\S+",  # pre-tokenised corpora such as PTB
+}
+CELLS = {"rnn": "RNN", "gru": "GRU", "lstm": "LSTM"}  # model.cell -> its torch.nn module
+IMPLS = ("auto", "torch", "rnnlab")  # model.impl: who runs BPTT in training (rnnlab.model.RNNLM.core)
 HEADS = ("full", "adaptive")
 INITS = ("rnnlab", "uniform", "torch")
-OPTIMIZER_NAMES = ("adam", "adamw", "sgd")
+OPTIMIZERS = {"adam": "Adam", "adamw": "AdamW", "sgd": "SGD"}  # optim.algorithm -> its torch.optim class
 SCHEDULES = ("none", "plateau", "step")
 UNK_POLICIES = ("allow", "reject")
-
-
-# --- type checking -------------------------------------------------------------------------------------
-
-
-def describe(hint: Any) -> str:
-    if typing.get_origin(hint) in (Union, types.UnionType):
-        return " or ".join(describe(a) for a in typing.get_args(hint))
-    names = {int: "an integer", float: "a number", bool: "true or false", str: "a string",
-             type(None): "null", dict: "a mapping", list: "a list"}
-    origin = typing.get_origin(hint)
-    if origin is list:
-        return f"a list of {describe(typing.get_args(hint)[0]).removeprefix('an ').removeprefix('a ')}s"
-    return names.get(origin or hint, str(hint))
-
-
-def matches(value: Any, hint: Any) -> bool:
-    origin = typing.get_origin(hint)
-    if origin in (Union, types.UnionType):
-        return any(matches(value, a) for a in typing.get_args(hint))
-    if hint is Any:
-        return True
-    if hint is type(None):
-        return value is None
-    if hint is float:
-        return isinstance(value, (int, float)) and not isinstance(value, bool)
-    if hint is int:
-        return isinstance(value, int) and not isinstance(value, bool)
-    if origin is list:
-        return isinstance(value, list) and all(matches(v, typing.get_args(hint)[0]) for v in value)
-    return isinstance(value, origin or hint)
-
-
-def check_types(spec: Any, key: str) -> None:
-    """Raise a one-line UserError when a field of the dataclass instance `spec` has the wrong type."""
-    hints = typing.get_type_hints(type(spec))
-    for f in dataclasses.fields(spec):
-        value = getattr(spec, f.name)
-        if not matches(value, hints[f.name]):
-            raise UserError(f"{key}.{f.name}={value!r}: expected {describe(hints[f.name])}")
-
-
-def one_of(key: str, value: Any, allowed: tuple[str, ...]) -> None:
-    if value not in allowed:
-        quoted = ", ".join(allowed) if len(allowed) > 2 else " or ".join(repr(a) for a in allowed)
-        raise UserError(f"{key}={value!r} is not known; use {'one of ' if len(allowed) > 2 else ''}{quoted}")
-
-
-def at_least(key: str, value: float | None, low: float) -> None:
-    if value is not None and value < low:
-        raise UserError(f"{key}={value} must be at least {low}")
+CLIP_ALGORITHMS = ("norm", "value")
+FILLERS = ("random", "passage")
 
 
 # --- the sections ----------------------------------------------------------------------------------------
@@ -94,23 +43,23 @@ def at_least(key: str, value: float | None, low: float) -> None:
 
 @dataclass(frozen=True)
 class CorpusSpec:
-    source: str = "shakespeare"
-    format: str = "text"
-    path: str | list[str] | None = None
-    splits: dict | None = None  # pre-split: train / val / test -> path(s) (file) or {url, sha256} (url)
-    url: str | None = None
-    sha256: str | None = None
-    members: str | dict | None = None  # archive at url: one member, or train / val / test -> member
-    encoding: str = "utf-8"  # utf-8 | bytes: one character per byte (latin-1), so bpc is bits per byte
-    normalize: str = "NFC"
-    lowercase: bool = False
-    max_chars: int | None = None
-    val_frac: float = 0.05
-    test_frac: float = 0.05
-    val_chars: int | None = None  # exact cuts: the last test_chars characters are test, the val_chars before val
-    test_chars: int | None = None
-    split_seed: int = 0
-    generator: dict | None = None  # corpus=agreement: AgreementSpec keys
+    source: str
+    format: str
+    path: str | list[str] | None
+    splits: dict | None  # pre-split: train / val / test -> path(s) (file) or {url, sha256} (url)
+    url: str | None
+    sha256: str | None
+    members: str | dict | None  # archive at url: one member, or train / val / test -> member
+    encoding: str  # utf-8 | bytes: one character per byte (latin-1), so bpc is bits per byte
+    normalize: str
+    lowercase: bool
+    max_chars: int | None
+    val_frac: float
+    test_frac: float
+    val_chars: int | None  # exact cuts: the last test_chars characters are test, the val_chars before val
+    test_chars: int | None
+    split_seed: int
+    generator: dict | None  # corpus=agreement: AgreementSpec keys
 
     def __post_init__(self) -> None:
         check_types(self, "corpus")
@@ -130,11 +79,12 @@ class CorpusSpec:
             raise UserError(f"corpus.encoding=bytes keeps every byte as one character; set corpus.normalize=none "
                             f"(not {self.normalize})")
         if self.generator is not None:
-            try:
-                AgreementSpec(**self.generator)
-            except TypeError:
-                raise UserError(f"corpus.generator has an unknown key ({', '.join(self.generator)}); valid keys: "
-                                f"{', '.join(f.name for f in dataclasses.fields(AgreementSpec))}") from None
+            keys = [f.name for f in dataclasses.fields(AgreementSpec)]
+            odd = sorted(set(self.generator) ^ set(keys))
+            if odd:
+                raise UserError(f"corpus.generator.{odd[0]} is {'unknown' if odd[0] in self.generator else 'not set'}; "
+                                f"corpus.generator takes {', '.join(keys)} (see conf/corpus/agreement.yaml)")
+            AgreementSpec(**self.generator)
         check_corpus_inputs(self)
         check_char_cuts(self)
 
@@ -191,12 +141,6 @@ def check_split_input(source: str, name: str, value: Any) -> None:
         check_sha256(f"{key}.sha256", value["sha256"])
 
 
-def check_sha256(key: str, value: Any) -> None:
-    if value is not None and not (isinstance(value, str) and len(value) == 64
-                                  and all(c in "0123456789abcdef" for c in value)):
-        raise UserError(f"{key}={value!r}: expected 64 lowercase hex digits (what sha256sum prints), or null")
-
-
 def check_char_cuts(spec: CorpusSpec) -> None:
     """corpus.val_chars / test_chars: exact cuts of one running text (enwik8, text8), instead of the fractions."""
     if spec.val_chars is None and spec.test_chars is None:
@@ -213,11 +157,11 @@ def check_char_cuts(spec: CorpusSpec) -> None:
 
 @dataclass(frozen=True)
 class AgreementSpec:
-    n_sentences: int = 20000
-    min_distance: int = 0
-    max_distance: int = 40
-    seed: int = 0
-    filler: str = "random"  # random: N random FILLER words | passage: the first N words of FILLER, in order
+    n_sentences: int
+    min_distance: int
+    max_distance: int
+    seed: int
+    filler: str  # random: N random FILLER words | passage: the first N words of FILLER, in order
 
     def __post_init__(self) -> None:
         check_types(self, "corpus.generator")
@@ -226,22 +170,22 @@ class AgreementSpec:
         if self.max_distance < self.min_distance:
             raise UserError(f"corpus.generator.max_distance={self.max_distance} must be at least "
                             f"corpus.generator.min_distance={self.min_distance}")
-        one_of("corpus.generator.filler", self.filler, ("random", "passage"))
+        one_of("corpus.generator.filler", self.filler, FILLERS)
 
 
 @dataclass(frozen=True)
 class VocabSpec:
-    level: str = "char"
-    lowercase: bool = False
-    min_freq: int = 1
-    max_size: int | None = None
-    tokenizer: str = "words"
-    unk_token: str = "<unk>"  # word level: this literal token in the text is the vocabulary's <unk> (PTB)
+    level: str
+    lowercase: bool
+    min_freq: int
+    max_size: int | None
+    tokenizer: str
+    unk_token: str  # word level: this literal token in the text is the vocabulary's <unk> (PTB)
 
     def __post_init__(self) -> None:
         check_types(self, "vocab")
         one_of("vocab.level", self.level, LEVELS)
-        one_of("vocab.tokenizer", self.tokenizer, TOKENIZER_NAMES)
+        one_of("vocab.tokenizer", self.tokenizer, tuple(TOKENIZERS))
         at_least("vocab.min_freq", self.min_freq, 1)
         if not self.unk_token or any(c.isspace() for c in self.unk_token) or self.unk_token == "<eos>":
             raise UserError(f"vocab.unk_token={self.unk_token!r} must be one token without spaces, "
@@ -250,25 +194,29 @@ class VocabSpec:
 
 @dataclass(frozen=True)
 class ModelSpec:
-    cell: str = "gru"
-    embedding_size: int = 128
-    hidden_size: int = 256
-    num_layers: int = 1
-    dropout: float = 0.0
-    tie_weights: bool = False
-    reset_at_eos: bool = False  # line corpora: each line starts from the zero state, as when sampling
-    head: str = "full"  # full softmax | adaptive softmax (large vocabularies)
-    cutoffs: list[int] | None = None  # adaptive: cluster boundaries in the frequency-sorted vocabulary
-    div_value: float = 4.0  # adaptive: each cluster's projection is div_value times smaller than the last
-    init: str = "rnnlab"  # rnnlab | uniform (every parameter) | torch (PyTorch's default for the core)
-    init_range: float = 0.1  # U(-r, r) for the embedding and head (every parameter with init=uniform)
-    input_dropout: float = 0.0  # on the embeddings entering the core
-    embedding_dropout: float = 0.0  # drops whole words from the embedding matrix (AWD-LSTM)
-    variational: bool = False  # input and output dropout with one mask per sequence (Gal & Ghahramani 2016)
+    cell: str
+    embedding_size: int
+    hidden_size: int
+    num_layers: int
+    dropout: float
+    tie_weights: bool
+    reset_at_eos: bool  # line corpora: each line starts from the zero state, as when sampling
+    head: str  # full softmax | adaptive softmax (large vocabularies)
+    cutoffs: list[int] | None  # adaptive: cluster boundaries in the frequency-sorted vocabulary
+    div_value: float  # adaptive: each cluster's projection is div_value times smaller than the last
+    init: str  # rnnlab | uniform (every parameter) | torch (PyTorch's default for the core)
+    init_range: float  # U(-r, r) for the embedding and head (every parameter with init=uniform)
+    input_dropout: float  # on the embeddings entering the core
+    embedding_dropout: float  # drops whole words from the embedding matrix (AWD-LSTM)
+    variational: bool  # input and output dropout with one mask per sequence (Gal & Ghahramani 2016)
+    impl: str  # auto | torch (nn.RNN/nn.GRU/nn.LSTM) | rnnlab (rnnlab.recurrence's BPTT; CPU, RNN/GRU)
 
     def __post_init__(self) -> None:
         check_types(self, "model")
-        one_of("model.cell", self.cell, CELL_NAMES)
+        one_of("model.cell", self.cell, tuple(CELLS))
+        one_of("model.impl", self.impl, IMPLS)
+        if self.impl == "rnnlab" and self.cell == "lstm":
+            raise UserError("model.impl=rnnlab runs RNN and GRU cells only; use model.impl=auto or torch for the LSTM")
         one_of("model.head", self.head, HEADS)
         one_of("model.init", self.init, INITS)
         for key in ("embedding_size", "hidden_size", "num_layers"):
@@ -293,19 +241,19 @@ class ModelSpec:
 
 @dataclass(frozen=True)
 class OptimSpec:
-    algorithm: str = "adam"
-    lr: float = 3e-3
-    weight_decay: float = 0.0
-    momentum: float = 0.0
-    schedule: str = "none"
-    plateau_factor: float = 0.25
-    plateau_patience: int = 0
-    step_start_epoch: int = 4  # schedule=step: lr × step_factor after every epoch from this one on
-    step_factor: float = 0.5
+    algorithm: str
+    lr: float
+    weight_decay: float
+    momentum: float
+    schedule: str
+    plateau_factor: float
+    plateau_patience: int
+    step_start_epoch: int  # schedule=step: lr × step_factor after every epoch from this one on
+    step_factor: float
 
     def __post_init__(self) -> None:
         check_types(self, "optim")
-        one_of("optim.algorithm", self.algorithm, OPTIMIZER_NAMES)
+        one_of("optim.algorithm", self.algorithm, tuple(OPTIMIZERS))
         one_of("optim.schedule", self.schedule, SCHEDULES)
         if self.lr <= 0:
             raise UserError(f"optim.lr={self.lr} must be positive")
@@ -316,9 +264,9 @@ class OptimSpec:
 
 @dataclass(frozen=True)
 class DataSpec:
-    batch_size: int = 64
-    bptt: int = 128
-    eval_batch_size: int = 64
+    batch_size: int
+    bptt: int
+    eval_batch_size: int
 
     def __post_init__(self) -> None:
         check_types(self, "data")
@@ -329,23 +277,24 @@ class DataSpec:
 @dataclass(frozen=True)
 class TrainerSpec:
     """The Trainer arguments conf/trainer/default.yaml sets (Lightning's own names). Other
-    lightning.pytorch.Trainer arguments may be added; training checks those against Lightning's signature."""
+    lightning.pytorch.Trainer arguments may be added to the section: they are kept in `extra`."""
 
-    max_steps: int = 1500
-    max_epochs: int | None = -1
-    max_time: str | dict | None = None
-    gradient_clip_val: float | None = 1.0
-    gradient_clip_algorithm: str | None = "norm"
-    val_check_interval: int | float | None = 250
-    check_val_every_n_epoch: int | None = None
-    limit_val_batches: int | float = 1.0
-    log_every_n_steps: int = 20
-    precision: str | int = "32-true"
-    accelerator: str = "auto"
-    devices: int | str | list = 1
-    strategy: str = "auto"
-    num_nodes: int = 1
-    deterministic: bool | str | None = False
+    max_steps: int
+    max_epochs: int | None
+    max_time: str | dict | None
+    gradient_clip_val: float | None
+    gradient_clip_algorithm: str | None
+    val_check_interval: int | float | None
+    check_val_every_n_epoch: int | None
+    limit_val_batches: int | float
+    log_every_n_steps: int
+    precision: str | int
+    accelerator: str
+    devices: int | str | list
+    strategy: str
+    num_nodes: int
+    deterministic: bool | str | None
+    extra: dict  # further lightning.pytorch.Trainer arguments (checked against its signature)
 
     def __post_init__(self) -> None:
         check_types(self, "trainer")
@@ -358,21 +307,26 @@ class TrainerSpec:
         if self.gradient_clip_val is not None and self.gradient_clip_val < 0:
             raise UserError(f"trainer.gradient_clip_val={self.gradient_clip_val} must be a number >= 0 "
                             "(0 or null: no clipping)")
-        if self.gradient_clip_algorithm not in (None, "norm", "value"):
-            raise UserError(f"trainer.gradient_clip_algorithm={self.gradient_clip_algorithm!r}: use norm or value")
+        if self.gradient_clip_algorithm is not None:
+            one_of("trainer.gradient_clip_algorithm", self.gradient_clip_algorithm, CLIP_ALGORITHMS)
         at_least("trainer.num_nodes", self.num_nodes, 1)
         if "spawn" in self.strategy or self.strategy.startswith(("fsdp", "deepspeed")):
             raise UserError(f"trainer.strategy={self.strategy} is not supported: use ddp (Lightning starts one "
                             "process per device; each owns its share of the streams and its hidden state)")
 
+    def kwargs(self) -> dict:
+        """The arguments of lightning.pytorch.Trainer (a clip value of 0 means off, as None does)."""
+        values = {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name != "extra"}
+        return values | {"gradient_clip_val": self.gradient_clip_val or None} | self.extra
+
 
 @dataclass(frozen=True)
 class GradStatsSpec:
-    every_n_steps: int = 20  # gradient norms every k steps (0: off)
-    gtt_length: int = 100  # T of the gradient-through-time probe (0: off)
-    gtt_batch: int = 16  # validation streams averaged by the probe
-    samples: int = 3  # samples logged to MLflow at each validation (0: off)
-    sample_length: int = 200
+    every_n_steps: int  # gradient norms every k steps (0: off)
+    gtt_length: int  # T of the gradient-through-time probe (0: off)
+    gtt_batch: int  # validation streams averaged by the probe
+    samples: int  # samples logged to MLflow at each validation (0: off)
+    sample_length: int
 
     def __post_init__(self) -> None:
         check_types(self, "gradstats")
@@ -384,9 +338,9 @@ class GradStatsSpec:
 
 @dataclass(frozen=True)
 class TrackingSpec:
-    uri: str | None = None
-    experiment: str = "rnnlab"
-    run_name: str | None = None
+    uri: str | None
+    experiment: str
+    run_name: str | None
 
     def __post_init__(self) -> None:
         check_types(self, "tracking")
@@ -394,41 +348,35 @@ class TrackingSpec:
 
 @dataclass(frozen=True)
 class SampleSpec:
-    num_samples: int = 5
-    max_length: int = 300
-    temperature: float = 1.0
-    top_k: int | None = None
-    top_p: float | None = None
-    greedy: bool = False
-    prime: str = ""
-    seed: int = 0
-    unk: str = "allow"
-    checkpoint: str | None = None  # a model folder or a Lightning .ckpt (null: the train stage's model)
+    num_samples: int
+    max_length: int
+    temperature: float
+    top_k: int | None
+    top_p: float | None
+    greedy: bool
+    prime: str
+    seed: int
+    unk: str
+    checkpoint: str | None  # a model folder or a Lightning .ckpt (null: the train stage's model)
 
     def __post_init__(self) -> None:
         check_types(self, "sample")
-        checks = [
-            (self.num_samples < 1, f"sample.num_samples={self.num_samples} must be at least 1"),
-            (self.max_length < 1, f"sample.max_length={self.max_length} must be at least 1"),
-            (self.temperature <= 0, f"sample.temperature={self.temperature} must be above 0; "
-                                    "for argmax decoding set sample.greedy=true"),
-            (self.top_k is not None and self.top_k < 1, f"sample.top_k={self.top_k} must be at least 1; "
-                                                        "use null to keep every token"),
-            (self.top_p is not None and not 0 < self.top_p <= 1, f"sample.top_p={self.top_p} must be in (0, 1]; "
-                                                                 "use null to keep every token"),
-        ]
-        for bad, message in checks:
-            if bad:
-                raise UserError(message)
+        for key in ("num_samples", "max_length", "top_k"):  # top_k: null keeps every token
+            at_least(f"sample.{key}", getattr(self, key), 1)
+        if self.temperature <= 0:
+            raise UserError(f"sample.temperature={self.temperature} must be above 0; for argmax decoding set "
+                            "sample.greedy=true")
+        if self.top_p is not None and not 0 < self.top_p <= 1:
+            raise UserError(f"sample.top_p={self.top_p} must be in (0, 1]; use null to keep every token")
         one_of("sample.unk", self.unk, UNK_POLICIES)
 
 
 @dataclass(frozen=True)
 class EvaluateSpec:
-    batch_size: int = 32
-    bptt: int = 256
-    agreement_distances: list[int] = dataclasses.field(default_factory=lambda: [0, 10, 20, 40])
-    agreement_per_distance: int = 200
+    batch_size: int
+    bptt: int
+    agreement_distances: list[int]
+    agreement_per_distance: int
 
     def __post_init__(self) -> None:
         check_types(self, "evaluate")
@@ -437,55 +385,16 @@ class EvaluateSpec:
 
 
 @dataclass(frozen=True)
-class TopLevel:
-    """The keys outside any group."""
+class PathsSpec:
+    """Where each stage writes (dvc.yaml reads these too)."""
 
-    seed: int = 1337
-    threads: int | None = None
-    callbacks: list = dataclasses.field(default_factory=list)  # Hydra `_target_` entries: extra Lightning callbacks
-    paths: dict = dataclasses.field(default_factory=dict)
+    raw: str
+    prepared: str
+    vocab: str
+    train: str
+    samples: str
+    eval: str
+    state: str
 
     def __post_init__(self) -> None:
-        check_types(self, "params")
-        at_least("threads", self.threads, 1)
-        bad = [k for k, v in self.paths.items() if not isinstance(v, str)]
-        if bad:
-            raise UserError(f"paths.{bad[0]}={self.paths[bad[0]]!r}: expected a string (a folder)")
-
-
-SECTIONS = {"corpus": CorpusSpec, "vocab": VocabSpec, "model": ModelSpec, "optim": OptimSpec, "data": DataSpec,
-            "trainer": TrainerSpec, "gradstats": GradStatsSpec, "tracking": TrackingSpec, "sample": SampleSpec,
-            "evaluate": EvaluateSpec}
-
-
-T = typing.TypeVar("T")
-
-
-def build(cls: type[T], key: str, values: dict) -> T:
-    """The dataclass `cls` from the section `key` (a plain dict; `name`, the group option, is left out)."""
-    values = {k: v for k, v in values.items() if k != "name"}
-    known = {f.name for f in dataclasses.fields(cls)}
-    unknown = sorted(set(values) - known)
-    if unknown:
-        raise UserError(f"unknown key {key}.{unknown[0]}; valid keys of {key}: {', '.join(sorted(known))}")
-    missing = [k for k, v in values.items() if v == "???"]
-    if missing:
-        raise UserError(f"{key}.{missing[0]} must be set: add {key}.{missing[0]}=<value> to your overrides")
-    return cls(**values)
-
-
-def trainer_spec(values: dict) -> TrainerSpec:
-    """The keys TrainerSpec declares, checked; the section may hold more Lightning arguments, which
-    training checks against lightning.pytorch.Trainer's signature."""
-    known = {f.name for f in dataclasses.fields(TrainerSpec)}
-    return build(TrainerSpec, "trainer", {k: v for k, v in values.items() if k in known})
-
-
-def validate(params: dict) -> None:
-    """Check every section of a composed config (a plain dict); the first problem is one UserError."""
-    for key, cls in SECTIONS.items():
-        if key not in params:
-            raise UserError(f"params.yaml has no `{key}` section; recompose it: python -m rnnlab.config")
-        trainer_spec(params[key]) if cls is TrainerSpec else build(cls, key, params[key])
-    top = {f.name for f in dataclasses.fields(TopLevel)}
-    TopLevel(**{k: v for k, v in params.items() if k in top})
+        check_types(self, "paths")

@@ -25,10 +25,12 @@ from typing import Any, Callable
 
 from filelock import FileLock
 from hydra.experimental.callback import Callback
-from omegaconf import DictConfig, OmegaConf, open_dict
+from omegaconf import DictConfig, OmegaConf
 
 from rnnlab.errors import UserError, entry_point
-from rnnlab.tracking import TrackingSpec, ensure_experiment, params_hash, tracking_uri
+from rnnlab.params import Params, build, digest, from_dict
+from rnnlab.schema import TrackingSpec
+from rnnlab.tracking import ensure_experiment, tracking_uri
 
 PARENT_ENV = "RNNLAB_PARENT_RUN_ID"
 SWEPT_ENV = "RNNLAB_SWEPT_KEYS"  # what varies across the sweep: the children are named by these
@@ -47,7 +49,7 @@ def client_for(config: DictConfig):
     """An MlflowClient on the sweep's tracking store, and the tracking settings."""
     from mlflow.tracking import MlflowClient
 
-    spec = TrackingSpec(**{k: v for k, v in config.tracking.items() if k != "name"})
+    spec = build(TrackingSpec, "tracking", OmegaConf.to_container(config.tracking, resolve=True))
     ensure_experiment(tracking_uri(spec), spec.experiment)  # first: a new client migrates a new store
     return MlflowClient(tracking_uri(spec)), spec
 
@@ -104,23 +106,21 @@ def claim(sweep_dir: Path) -> None:
                         "(or give hydra.sweep.dir=<a new folder>)") from None
 
 
-def job_params(cfg: DictConfig, job_dir: Path, overrides: list[str], n_jobs: int) -> DictConfig:
-    """The job's params: outputs under its folder, data shared by settings, named after its overrides."""
-    cfg = cfg.copy()
+def job_params(cfg: DictConfig, job_dir: Path, overrides: list[str], n_jobs: int) -> Params:
+    """The job's params, checked: outputs under its folder, data shared by settings, named after its overrides."""
+    params = from_dict(OmegaConf.to_container(cfg, resolve=True))
     shared = Path(job_dir).parent / "data"
-    corpus_key = params_hash({"corpus": OmegaConf.to_container(cfg.corpus)})
-    vocab_key = params_hash({"corpus": corpus_key, "vocab": OmegaConf.to_container(cfg.vocab)})
-    with open_dict(cfg):
-        cfg.paths.prepared = str(shared / f"prepared-{corpus_key}")
-        cfg.paths.vocab = str(shared / f"vocab-{vocab_key}")
-        for stage in ("train", "samples", "eval"):
-            cfg.paths[stage] = str(Path(job_dir) / stage)
-        swept = os.environ.get(SWEPT_ENV, "").split(",")
-        named = [o for o in overrides if o.split("=", 1)[0].lstrip("+~") in swept] or overrides
-        cfg.tracking.run_name = cfg.tracking.run_name or (" ".join(named) or "defaults")
-        if cfg.threads is None and n_jobs > 1:
-            cfg.threads = max(1, (os.cpu_count() or 1) // n_jobs)
-    return cfg
+    corpus_key = digest(params.select(("corpus",)))
+    vocab_key = digest({"corpus": corpus_key, "vocab": params.section("vocab")})
+    swept = os.environ.get(SWEPT_ENV, "").split(",")
+    named = [o for o in overrides if o.split("=", 1)[0].lstrip("+~") in swept] or overrides
+    threads = params.threads
+    if threads is None and n_jobs > 1:
+        threads = max(1, (os.cpu_count() or 1) // n_jobs)
+    return params.replace(
+        paths={"prepared": str(shared / f"prepared-{corpus_key}"), "vocab": str(shared / f"vocab-{vocab_key}"),
+               **{stage: str(Path(job_dir) / stage) for stage in ("train", "samples", "eval")}},
+        tracking={"run_name": params.tracking.run_name or (" ".join(named) or "defaults")}, threads=threads)
 
 
 def once(folder: str | Path, build: Callable[[], None]) -> None:
@@ -167,7 +167,7 @@ def pump(read: int, out: int, prefix: bytes) -> None:
             os.write(out, prefix + line)
 
 
-def run_job(params: DictConfig) -> float:
+def run_job(params: Params) -> float:
     """prepare → vocab → train → sample → evaluate for one job; returns the best validation loss (what an
     optimising sweeper such as Optuna would minimise), NaN when training diverged: a diverged run (e.g.
     without clipping) is a result of the sweep, recorded as a failed MLflow run, not a mistake."""

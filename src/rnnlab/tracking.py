@@ -13,8 +13,6 @@ Browse: `mlflow ui --backend-store-uri sqlite:///mlflow.db` (serves http://127.0
 from __future__ import annotations
 
 import contextlib
-import hashlib
-import json
 import os
 import secrets
 import subprocess
@@ -23,6 +21,7 @@ import urllib.request
 from pathlib import Path
 
 from rnnlab.errors import UserError
+from rnnlab.params import Params, digest
 from rnnlab.schema import TrackingSpec
 
 os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # no progress bars in stage logs
@@ -56,10 +55,6 @@ def check_reachable(uri: str) -> None:
         ) from None
 
 
-def params_hash(params: dict) -> str:
-    return hashlib.sha256(json.dumps(params, sort_keys=True, default=str).encode()).hexdigest()[:16]
-
-
 def git_commit() -> str | None:
     try:
         out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=repo_root(), capture_output=True, text=True, timeout=10)
@@ -68,24 +63,19 @@ def git_commit() -> str | None:
     return out.stdout.strip() or None
 
 
-def default_run_name(params: dict) -> str:
+def default_run_name(params: Params) -> str:
     """What ran, e.g. `gru-char-h256-clip1.0-3fa2`: cell, level, hidden size, clipping, then the DVC
     experiment's name or a short random suffix, so that no two runs share a name unless asked to
     (tracking.run_name)."""
-    model, trainer = params.get("model") or {}, params.get("trainer") or {}
-    level = (params.get("vocab") or {}).get("level", "?")
     suffix = os.environ.get("DVC_EXP_NAME") or secrets.token_hex(2)  # not torch's RNG: seeded runs differ too
-    clip = trainer.get("gradient_clip_val") or 0
-    return f"{model.get('cell', '?')}-{level}-h{model.get('hidden_size', '?')}-clip{clip}-{suffix}"
+    clip = params.trainer.gradient_clip_val or 0
+    return f"{params.model.cell}-{params.vocab.level}-h{params.model.hidden_size}-clip{clip}-{suffix}"
 
 
-def run_tags(params: dict) -> dict[str, str]:
-    tags = {"params_hash": params_hash(params), "rnnlab.stage": os.environ.get("DVC_STAGE", "")}
-    model, trainer = params.get("model") or {}, params.get("trainer") or {}
-    tags |= {"rnnlab.cell": str(model.get("cell", "")),
-             "rnnlab.level": str((params.get("vocab") or {}).get("level", "")),
-             "rnnlab.corpus": str((params.get("corpus") or {}).get("source", "")),
-             "rnnlab.clip": str(trainer.get("gradient_clip_val") if "gradient_clip_val" in trainer else "")}
+def run_tags(params: Params, phash: str) -> dict[str, str]:
+    tags = {"params_hash": phash, "rnnlab.stage": os.environ.get("DVC_STAGE", ""),
+            "rnnlab.cell": params.model.cell, "rnnlab.level": params.vocab.level,
+            "rnnlab.corpus": params.corpus.source, "rnnlab.clip": str(params.trainer.gradient_clip_val)}
     commit = git_commit()
     if commit:
         tags["mlflow.source.git.commit"] = commit
@@ -154,14 +144,28 @@ def ensure_experiment(uri: str, experiment: str) -> str:
         return found.experiment_id if found else client.create_experiment(experiment)
 
 
-def make_logger(spec: TrackingSpec, params: dict, run_id: str | None = None):
-    """A Lightning MLFlowLogger on the resolved URI, tagged; `run_id` continues a resumed run."""
+def open_logger(params: Params, logged: dict, run_id: str | None = None):
+    """A Lightning MLFlowLogger for a training: the interrupted run `run_id` continued (if it still exists),
+    or a new run, named and tagged after `params`, with `logged` as its params."""
+    import sys
+
     from lightning.pytorch.loggers import MLFlowLogger
 
+    spec = params.tracking
     uri = tracking_uri(spec)
-    check_reachable(uri)
-    return MLFlowLogger(experiment_name=spec.experiment, run_name=spec.run_name, tracking_uri=uri,
-                        tags=run_tags(params), run_id=run_id)
+    check_reachable(uri)  # a server that does not answer: one line now, not after MLflow's retries
+    with store_errors(uri, also=(OSError,)):  # here only MLflow touches files
+        ensure_experiment(uri, spec.experiment)
+        if run_id and not run_exists(spec, run_id):
+            print(f"note: the MLflow run {run_id} of the interrupted training is gone from {uri}; "
+                  "logging to a new run", file=sys.stderr)
+            run_id = None
+        name = spec.run_name or (None if run_id else default_run_name(params))
+        logger = MLFlowLogger(experiment_name=spec.experiment, run_name=name, tracking_uri=uri,
+                              tags=run_tags(params, digest(logged)), run_id=run_id)
+        if not run_id:
+            logger.log_hyperparams(logged)
+    return logger
 
 
 def log_to_run(spec: TrackingSpec, run_id: str | None, metrics: dict | None = None,

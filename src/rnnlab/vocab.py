@@ -30,15 +30,11 @@ import numpy as np
 
 from rnnlab.errors import UserError
 from rnnlab.files import atomic_write, write_json
-from rnnlab.schema import TOKENIZER_NAMES, VocabSpec
+from rnnlab.schema import TOKENIZERS, VocabSpec
 
 EOS, UNK = "<eos>", "<unk>"
 EOS_ID, UNK_ID = 0, 1
-TOKENIZERS = {
-    "words": re.compile(r"\w+(?:['’]\w+)*|[^\w\s]"),  # words (with inner apostrophes) and punctuation
-    "whitespace": re.compile(r"\S+"),  # pre-tokenised corpora such as PTB
-}
-assert tuple(TOKENIZERS) == TOKENIZER_NAMES, "schema.py names the same tokenizers"
+PATTERNS = {name: re.compile(pattern) for name, pattern in TOKENIZERS.items()}  # vocab.tokenizer -> its regex
 
 
 @dataclass
@@ -59,7 +55,7 @@ class Vocab:
         for i, tok in enumerate(self.tokens):
             self.index.setdefault(tok, i)  # the specials win over a stray duplicate
         self.unk_literal = self.unk_token.lower() if self.lowercase else self.unk_token
-        self.pattern = TOKENIZERS[self.tokenizer]
+        self.pattern = PATTERNS[self.tokenizer]
         if self.tokenizer == "words":  # the unknown-word token stays whole (not `<`, `unk`, `>`)
             self.pattern = re.compile(f"{re.escape(self.unk_literal)}|{self.pattern.pattern}")
 

@@ -8,10 +8,12 @@
     sample                 pipeline/sample.py      rnnlab.stages.sample.run
     evaluate               pipeline/evaluate.py    rnnlab.stages.evaluate.run
 
-Each `run(params)` reads its sections of the params, calls the library, writes the stage's outputs
-and returns its metrics; a Hydra sweep (rnnlab.sweep) calls the same functions. A stage module imports
-only what its stage runs, so each stage's `deps:` in dvc.yaml can list exactly its modules
-(tests/test_dvc_deps.py checks them against the import closure).
+Each `run(params)` takes the checked `rnnlab.params.Params`, reads its sections, calls the library, writes
+the stage's outputs and returns its metrics; a Hydra sweep (rnnlab.sweep) calls the same functions.
+Each stage module declares the params keys it reads in `READS`, which dvc.yaml's `params:` for the
+stage must equal (tests/test_dvc_deps.py), so DVC reruns a stage exactly when one of them changes.
+A stage module imports only what its stage runs, so each stage's `deps:` in dvc.yaml can list exactly
+its modules (tests/test_dvc_deps.py checks them against the import closure).
 """
 
 from __future__ import annotations
@@ -21,8 +23,9 @@ import io
 import sys
 from typing import Callable
 
-from rnnlab.config import load_params, usage
+from rnnlab.config import usage
 from rnnlab.errors import UserError, entry_point
+from rnnlab.params import load
 
 
 def main(run: Callable[..., object], overrides: bool = False) -> None:
@@ -43,4 +46,4 @@ def call(run: Callable[..., object], argv: list[str], overrides: bool) -> object
     if argv and not overrides:
         raise UserError(f"{argv[0]!r}: this stage takes no arguments, it reads params.yaml; change that with "
                         "`python -m rnnlab.config key=value` (or `dvc exp run -S key=value`), see --help")
-    return run(load_params(), argv) if overrides else run(load_params())
+    return run(load(), argv) if overrides else run(load())

@@ -12,17 +12,19 @@ import json
 import tempfile
 from pathlib import Path
 
-from rnnlab.config import section
 from rnnlab.files import remove_leftovers, write_json
 from rnnlab.vocab import VocabDir
 
+READS = ("evaluate", "corpus.source", "corpus.generator", "tracking", "paths.vocab", "paths.train", "paths.samples",
+         "paths.eval")
+
 
 def run(params) -> dict:
-    from rnnlab import checkpoint, scoring, tracking  # torch after the cheap checks
+    from rnnlab import trained_model, scoring, tracking  # torch after the cheap checks
 
     remove_leftovers(params.paths.eval)
     vocab_dir = VocabDir(params.paths.vocab)
-    vocab, model, meta = checkpoint.load_trained(vocab_dir.path, f"{params.paths.train}/model")
+    vocab, model, meta = trained_model.load_trained(vocab_dir.path, f"{params.paths.train}/model")
     stats = vocab_dir.stats()["splits"]
     split = "test" if stats["test"]["tokens"] > 1 else "val"
     scores = scoring.score_stream(model, vocab_dir.ids(split), params.evaluate.batch_size, params.evaluate.bptt,
@@ -30,7 +32,7 @@ def run(params) -> dict:
     samples = json.loads((Path(params.paths.samples) / "samples.json").read_text(encoding="utf-8"))["stats"]
     result = {"split": split, split: {k: round(v, 6) for k, v in scores.items()}, "samples": samples}
     logged = {f"{split}/{k}": v for k, v in scores.items()} | {f"samples/{k}": v for k, v in samples.items()}
-    spec = section(params, tracking.TrackingSpec, "tracking")
+    spec = params.tracking
     with tempfile.TemporaryDirectory() as tmp:
         plots = []
         if params.corpus.source == "agreement":
@@ -45,11 +47,11 @@ def run(params) -> dict:
 
 def agreement(params, model, vocab, cell: str, tmp: Path) -> tuple[dict, list[Path]]:
     """Accuracy of was/were per distance (corpus=agreement), and its plot (in `tmp`, for MLflow)."""
-    from rnnlab import agreement_probe
+    from rnnlab import agreement_probe, plots
 
     rows = agreement_probe.probe(model, vocab, list(params.evaluate.agreement_distances),
                                  params.evaluate.agreement_per_distance,
                                  filler=(params.corpus.generator or {}).get("filler", "random"))
     print(agreement_probe.markdown_table({cell: rows}))
-    agreement_probe.save_plot({cell: rows}, tmp / "agreement.png")
+    plots.agreement({cell: rows}, tmp / "agreement.png")
     return {f"d{r['distance']:03d}": r["accuracy"] for r in rows}, [tmp / "agreement.png"]

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 from rnnlab import corpus
-from rnnlab.config import section
 from rnnlab.files import remove_leftovers
+
+READS = ("corpus", "paths.prepared", "paths.raw")
 
 
 def run(params) -> dict:
     remove_leftovers(params.paths.prepared)
-    stats = corpus.prepare(section(params, corpus.CorpusSpec, "corpus"), params.paths.prepared, params.paths.raw)
+    stats = corpus.prepare(params.corpus, params.paths.prepared, params.paths.raw)
     sizes = ", ".join(f"{k} {v:,}" for k, v in stats["chars"].items())
     print(f"prepared {stats['source']} corpus ({stats['format']}): {sizes} characters")
     return stats

@@ -9,22 +9,23 @@ from __future__ import annotations
 from pathlib import Path
 
 from rnnlab import corpus
-from rnnlab.config import section, with_overrides
 from rnnlab.files import remove_leftovers
+from rnnlab.params import with_overrides
 
+READS = ("sample", "corpus.format", "tracking", "paths.vocab", "paths.prepared", "paths.train", "paths.samples")
 
 SHOWN, SHOWN_CHARS = 2, 120  # samples printed by the stage (all of them go to samples.txt and MLflow)
 
 
 def run(params, overrides: list[str] = ()) -> dict:
-    from rnnlab import checkpoint, sampling, tracking  # torch after the cheap checks
+    from rnnlab import trained_model, sampling, tracking  # torch after the cheap checks
 
-    params = with_overrides(params, list(overrides))
+    params = with_overrides(params, list(overrides)) if overrides else params
     if not overrides:
         remove_leftovers(params.paths.samples)
-    spec = section(params, sampling.SampleSpec, "sample")
+    spec = params.sample
     model_path = params.sample.checkpoint or f"{params.paths.train}/model"
-    vocab, model, meta = checkpoint.load_trained(params.paths.vocab, model_path)
+    vocab, model, meta = trained_model.load_trained(params.paths.vocab, model_path)
     samples = sampling.sample(model, vocab, spec)
     if overrides:  # an interactive look: every sample, whole
         for s in samples:
@@ -36,7 +37,7 @@ def run(params, overrides: list[str] = ()) -> dict:
     train_text = corpus.read_split(params.paths.prepared, "train")
     out = Path(params.paths.samples)
     stats = sampling.save_samples(out, samples, vocab, train_text, params.corpus.format == "lines")
-    tracking.log_to_run(section(params, tracking.TrackingSpec, "tracking"), meta.get("mlflow_run_id"),
+    tracking.log_to_run(params.tracking, meta.get("mlflow_run_id"),
                         artifacts=[out / "samples.txt", out / "samples.json"], artifact_path="samples")
     print(f"wrote {len(samples)} samples to {out / 'samples.txt'} (first {min(SHOWN, len(samples))} above); "
           f"novel {stats['novelty_rate']:.0%}, mean length {stats['mean_length']:.0f}")

@@ -1,41 +1,26 @@
 """Stage `train`: train the language model; writes `paths.train` (model, checkpoints, metrics, plots).
 
-What it logs to MLflow as params (and hashes to decide whether an interrupted run may resume) are the
-keys dvc.yaml lists under the stage's `params:`, so the two cannot disagree.
+The values of `READS` (less paths) are what the training logs to MLflow as params and hashes to decide
+whether an interrupted run may resume; dvc.yaml lists the same keys, so the two cannot disagree.
 """
 
 from __future__ import annotations
 
-from pathlib import Path
-
-from omegaconf import OmegaConf
-
-from rnnlab.config import section, stage_params
 from rnnlab.errors import UserError
+from rnnlab.files import remove_leftovers
+
+# sample.*: the samples logged at each validation are drawn as the sample stage draws them
+READS = ("model", "optim", "data", "trainer", "gradstats", "tracking", "seed", "threads", "callbacks", "corpus", "vocab",
+         "sample.temperature", "sample.top_k", "sample.top_p", "sample.greedy", "sample.prime", "sample.unk",
+         "paths.vocab", "paths.train")
 
 
 def run(params) -> dict:
-    from rnnlab import training  # heavy imports (torch, lightning, mlflow) after the cheap checks
-    from rnnlab.schema import GradStatsSpec
-    from rnnlab.lit import OptimSpec
-    from rnnlab.model import ModelSpec
-    from rnnlab.tracking import TrackingSpec
+    from rnnlab import checkpoints, training  # heavy imports (torch, lightning, mlflow) after the cheap checks
 
-    job = training.TrainJob(
-        vocab_dir=Path(params.paths.vocab),
-        out_dir=Path(params.paths.train),
-        model=section(params, ModelSpec, "model"),
-        optim=section(params, OptimSpec, "optim"),
-        data=section(params, training.DataSpec, "data"),
-        trainer=OmegaConf.to_container(params.trainer),
-        gradstats=section(params, GradStatsSpec, "gradstats"),
-        tracking=section(params, TrackingSpec, "tracking"),
-        seed=params.seed,
-        threads=params.threads,
-        params=stage_params(params, "train"),
-        callbacks=user_callbacks(params.get("callbacks") or []),
-    )
-    metrics = training.train(job)
+    if checkpoints.launching_process():  # DDP: the further processes leave process 0's files alone
+        remove_leftovers(params.paths.train)
+    metrics = training.train(params, READS, user_callbacks(params.callbacks))
     if not metrics:  # a further process of a data-parallel (DDP) run: process 0 reports
         return metrics
     print(f"trained {metrics['step']} steps: best validation {metrics.get('val_loss')} nats/token "
@@ -45,7 +30,7 @@ def run(params) -> dict:
     return metrics
 
 
-def user_callbacks(entries) -> list:
+def user_callbacks(entries: list) -> list:
     """Lightning callbacks from the config's `callbacks:` list (Hydra `_target_` entries)."""
     from hydra.errors import InstantiationException
     from hydra.utils import instantiate

@@ -3,16 +3,16 @@
 from __future__ import annotations
 
 from rnnlab import corpus
-from rnnlab.config import section
 from rnnlab.files import remove_leftovers
-from rnnlab.vocab import VocabSpec, build_and_encode
+from rnnlab.vocab import build_and_encode
+
+READS = ("vocab", "corpus.format", "paths.prepared", "paths.vocab")
 
 
 def run(params) -> dict:
     remove_leftovers(params.paths.vocab)
     texts = {name: corpus.read_split(params.paths.prepared, name) for name in corpus.SPLITS}
-    stats = build_and_encode(texts, section(params, VocabSpec, "vocab"), params.corpus.format == "lines",
-                             params.paths.vocab)
+    stats = build_and_encode(texts, params.vocab, params.corpus.format == "lines", params.paths.vocab)
     oov = ", ".join(f"{k} {v:.2%}" for k, v in stats["oov_rate"].items() if stats["splits"][k]["tokens"])
     print(f"{stats['level']} vocabulary: {stats['size']:,} tokens" + (f"; OOV rate {oov}" if oov else ""))
     return stats

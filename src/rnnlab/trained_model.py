@@ -1,8 +1,9 @@
-"""The trained model on disk: a `state_dict` (`model.pt`) plus JSON metadata (`meta.json`).
+"""The finished model on disk, the bundle `paths.train`/model: a `state_dict` (`model.pt`) plus JSON
+metadata (`meta.json`). (Lightning's training checkpoints are rnnlab.checkpoints.)
 
 The metadata holds the model spec and the hash of the vocabulary the model was trained with; loading
 refuses a model built for another vocabulary. Weights load with `weights_only=True` (no pickled code).
-A Lightning `.ckpt` from the training's checkpoint folder loads too (`load_model(path_to.ckpt, vocab)`).
+A Lightning `.ckpt` from the training's checkpoint folder loads too (`load(path_to.ckpt, vocab)`).
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ from rnnlab.vocab import Vocab, VocabDir
 MODEL_FILE, META_FILE = "model.pt", "meta.json"
 
 
-def save_model(out_dir: str | Path, model: RNNLM, vocab: Vocab, extra: dict) -> None:
+def save(out_dir: str | Path, model: RNNLM, vocab: Vocab, extra: dict) -> None:
     out = Path(out_dir)
     atomic_write(out / MODEL_FILE, lambda fh: torch.save(model.state_dict(), fh), mode="wb")
     meta = {"model": asdict(model.spec), "vocab_size": len(vocab), "vocab_hash": vocab.hash,
@@ -29,7 +30,7 @@ def save_model(out_dir: str | Path, model: RNNLM, vocab: Vocab, extra: dict) -> 
     write_json(out / META_FILE, meta)
 
 
-def load_model(path: str | Path, vocab: Vocab) -> tuple[RNNLM, dict]:
+def load(path: str | Path, vocab: Vocab) -> tuple[RNNLM, dict]:
     """Load a model folder (model.pt + meta.json) or a Lightning .ckpt, checked against `vocab`."""
     path = Path(path)
     if path.suffix == ".ckpt":
@@ -44,7 +45,8 @@ def load_model(path: str | Path, vocab: Vocab) -> tuple[RNNLM, dict]:
             f"the model in {path} was trained with vocabulary {meta['vocab_hash']}, but the vocabulary given is "
             f"{vocab.hash}; retrain (dvc repro train) or use the vocabulary it was trained with"
         )
-    model = RNNLM(meta["vocab_size"], ModelSpec(**meta["model"]))
+    # model.impl (who runs BPTT in training) came after the first saved models; it does not change the weights.
+    model = RNNLM(meta["vocab_size"], ModelSpec(**{"impl": "auto"} | meta["model"]))
     model.load_state_dict(state)
     return model.eval(), meta
 
@@ -61,5 +63,5 @@ def read_lightning_checkpoint(path: Path) -> tuple[dict, dict]:
 def load_trained(vocab_dir: str | Path, model_path: str | Path) -> tuple[Vocab, RNNLM, dict]:
     """The pipeline's vocabulary and a model trained on it (a model folder or a .ckpt)."""
     vocab = VocabDir(vocab_dir).vocab()
-    model, meta = load_model(model_path, vocab)
+    model, meta = load(model_path, vocab)
     return vocab, model, meta

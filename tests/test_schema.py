@@ -1,0 +1,95 @@
+"""One declaration: conf/ holds every default, the schema only types, ranges and choices.
+
+For every option of every config group, the composed section has exactly the schema's fields (none
+missing, none extra) with values of the declared types; the schema declares no defaults; every preset
+(`+experiment=`) composes into a valid `Params`. `conf_drift` is the comparison; a planted drift in a
+copy of conf/ shows it can fail.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import shutil
+import typing
+from pathlib import Path
+
+import pytest
+from omegaconf import OmegaConf
+
+from conftest import REPO
+from rnnlab import config, schema
+from rnnlab.checks import matches
+from rnnlab.params import SECTIONS, Params
+
+GROUPS = ("corpus", "vocab", "model", "optim", "trainer", "tracking", "sample", "evaluate")
+
+
+def fields(cls: type) -> dict[str, typing.Any]:
+    hints = typing.get_type_hints(cls)
+    return {f.name: hints[f.name] for f in dataclasses.fields(cls) if not (cls is schema.TrainerSpec
+                                                                          and f.name == "extra")}
+
+
+def conf_drift(conf_dir: Path, groups: tuple[str, ...] = GROUPS) -> list[str]:
+    """Every difference between the schema and conf/'s composition, over all options of `groups`."""
+    problems = []
+    for group in groups:
+        for option in config.group_options(group, conf_dir):
+            composed = OmegaConf.to_container(config.compose_config([f"{group}={option}"], conf_dir))
+            for key, cls in SECTIONS.items():
+                section = {k: v for k, v in composed[key].items() if k != "name"}
+                where = f"{group}={option}: {key}"
+                declared = fields(cls)
+                problems += [f"{where}.{k} is in conf/ but not in the schema" for k in sorted(set(section) - set(declared))]
+                problems += [f"{where}.{k} is in the schema but has no value in conf/" for k in sorted(set(declared) - set(section))]
+                problems += [f"{where}.{k}={section[k]!r} is not {declared[k]}" for k in sorted(set(section) & set(declared))
+                             if section[k] != "???" and not matches(section[k], declared[k])]
+    return sorted(set(problems))
+
+
+def test_every_schema_field_has_its_value_in_conf_for_every_group_option():
+    assert conf_drift(REPO / "conf") == []
+
+
+@pytest.mark.parametrize("edit, expected", [
+    (lambda text: text + "momentumm: 0.9\n", "optim=sgd: optim.momentumm is in conf/ but not in the schema"),
+    (lambda text: text.replace("hidden_size: 256", "hidden_size: big"), "model=gru: model.hidden_size='big' is not"),
+    (lambda text: "\n".join(l for l in text.splitlines() if not l.startswith("dropout:")) + "\n",
+     "model=gru: model.dropout is in the schema but has no value in conf/"),
+])
+def test_a_planted_drift_is_found(tmp_path, edit, expected):
+    conf = tmp_path / "conf"
+    shutil.copytree(REPO / "conf", conf)
+    group = "optim" if "optim" in expected else "model"
+    target = conf / ("optim/sgd.yaml" if group == "optim" else "model/gru.yaml")
+    target.write_text(edit(target.read_text()))
+    found = conf_drift(conf, (group,))
+    assert any(p.startswith(expected) for p in found), found
+
+
+def test_the_schema_declares_no_defaults():
+    """A default in a dataclass is a second declaration that can drift (validation samples once used one)."""
+    for cls in [*SECTIONS.values(), schema.AgreementSpec, Params]:
+        with_default = [f.name for f in dataclasses.fields(cls)
+                        if f.default is not dataclasses.MISSING or f.default_factory is not dataclasses.MISSING]
+        assert with_default == [], f"{cls.__name__} declares defaults for {with_default}; put them in conf/"
+
+
+def test_agreement_generator_keys_are_the_schema_fields():
+    generator = config.compose(["corpus=agreement"], REPO / "conf").corpus.generator
+    assert set(generator) == {f.name for f in dataclasses.fields(schema.AgreementSpec)}
+
+
+@pytest.mark.parametrize("preset", config.group_options("experiment", REPO / "conf"))
+def test_every_preset_composes_into_valid_params(preset):
+    params = config.compose([f"+experiment={preset}"], REPO / "conf")
+    assert isinstance(params, Params) and params.model.impl in schema.IMPLS
+
+
+def test_choice_lists_are_declared_once_and_used():
+    """Cells and optimisers are looked up by name in the schema's tables: each name must resolve."""
+    import torch
+
+    assert all(issubclass(getattr(torch.nn, cls), torch.nn.RNNBase) for cls in schema.CELLS.values())
+    assert all(issubclass(getattr(torch.optim, cls), torch.optim.Optimizer) for cls in schema.OPTIMIZERS.values())
+    assert set(config.group_options("model", REPO / "conf")) == set(schema.CELLS)
