@@ -18,7 +18,6 @@ import os
 import statistics
 import subprocess
 import sys
-from dataclasses import asdict
 
 import lightning.pytorch as pl
 from rnnlab.config import spec as conf_spec  # conf/'s defaults, with changes
@@ -37,14 +36,14 @@ def worker(devices: int, steps: int, warmup: int, out: str) -> None:
     runtime.configure(None)
     pl.seed_everything(0, verbose=False)
     vocab = VocabDir("data/vocab").vocab()
-    lit = LitLM(len(vocab), vocab.hash, asdict(conf_spec("model", cell="gru", embedding_size=64, hidden_size=256)),
-                {"lr": 3e-3})
+    lit = LitLM(len(vocab), vocab.hash, conf_spec("model", cell="gru", embedding_size=64, hidden_size=256),
+                conf_spec("optim", lr=3e-3))
     clock = Clock(warmup, devices)
     trainer = pl.Trainer(max_steps=warmup + steps, gradient_clip_val=1.0, accelerator="cpu", devices=devices,
                          strategy="ddp" if devices > 1 else "auto", logger=False, enable_checkpointing=False,
                          enable_progress_bar=False, enable_model_summary=False, limit_val_batches=0,
                          use_distributed_sampler=False, callbacks=[clock, GradientStats(20)])
-    trainer.fit(lit, StreamDataModule("data/vocab", 128, 64, 64))
+    trainer.fit(lit, StreamDataModule("data/vocab", conf_spec("data", batch_size=128, bptt=64, eval_batch_size=64)))
     if trainer.is_global_zero:
         with open(out, "w") as fh:
             json.dump({"tokens_per_s": clock.tokens / (clock.end - clock.start)}, fh)

@@ -12,7 +12,6 @@ epoch of PTB's 929,589 training tokens and for the recipe's epochs (validation n
 from __future__ import annotations
 
 import argparse
-from dataclasses import asdict
 
 PTB_TRAIN_TOKENS, PTB_VOCAB = 929_589, 10_000
 
@@ -23,9 +22,7 @@ def tokens_per_s(cfg, steps: int, warmup: int = 3) -> float:
     import lightning.pytorch as pl
 
     from rnnlab import runtime
-    from rnnlab.config import section
     from rnnlab.data import StreamWindows
-    from rnnlab.schema import DataSpec, ModelSpec, OptimSpec
 
     from train_throughput import lightning_loop  # noqa: I001  (bench/, next to this script)
     from word_throughput import zipf_stream
@@ -33,10 +30,10 @@ def tokens_per_s(cfg, steps: int, warmup: int = 3) -> float:
     runtime.configure(None)
     warnings.filterwarnings("ignore", message=".*(val_dataloader|ReduceLROnPlateau conditioned).*")  # no val here
     pl.seed_everything(0, verbose=False)
-    model, optim, data = section(cfg, ModelSpec, "model"), section(cfg, OptimSpec, "optim"), section(cfg, DataSpec, "data")
+    model, optim, data = cfg.model, cfg.optim, cfg.data
     windows = StreamWindows(zipf_stream(PTB_VOCAB, data.batch_size * (data.bptt * (steps + warmup) + 1)),
                             data.batch_size, data.bptt)
-    return lightning_loop(model, PTB_VOCAB, windows, steps, warmup, asdict(optim), cfg.trainer.gradient_clip_val)
+    return lightning_loop(model, PTB_VOCAB, windows, steps, warmup, optim, cfg.trainer.gradient_clip_val)
 
 
 def main() -> None:

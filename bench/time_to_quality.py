@@ -62,10 +62,10 @@ def main() -> None:
         return
 
     from rnnlab import corpus, training, vocab
-    from rnnlab.schema import GradStatsSpec
-    from rnnlab.lit import OptimSpec
-    from rnnlab.model import ModelSpec
-    from rnnlab.tracking import TrackingSpec
+    from rnnlab.config import defaults
+    from rnnlab.params import build
+    from rnnlab.schema import TrainerSpec
+    from rnnlab.stages import train
 
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
@@ -74,19 +74,20 @@ def main() -> None:
         texts = {s: corpus.read_split(tmp / "prepared", s) for s in corpus.SPLITS}
         vocab.build_and_encode(texts, conf_spec("vocab", level="char"), False, tmp / "vocab")
         clock = ValClock()
-        job = training.TrainJob(
-            vocab_dir=tmp / "vocab", out_dir=tmp / "train",
-            model=conf_spec("model", cell=args.cell, embedding_size=args.embedding, hidden_size=args.hidden,
-                            num_layers=args.layers, dropout=args.dropout),
-            optim=conf_spec("optim", lr=args.lr, schedule=args.schedule, plateau_factor=0.5, plateau_patience=1),
-            data=conf_spec("data", batch_size=args.batch, bptt=args.bptt, eval_batch_size=64),
-            trainer={"max_steps": -1, "max_epochs": -1, "max_time": {"seconds": int(args.minutes * 60)},
-                     "val_check_interval": args.val_every, "check_val_every_n_epoch": None,
-                     "gradient_clip_val": 1.0, "accelerator": "cpu", "log_every_n_steps": 50},
-            gradstats=conf_spec("gradstats", every_n_steps=50, gtt_length=0, samples=0),
-            tracking=conf_spec("tracking", uri=f"sqlite:///{tmp / 'mlflow.db'}", experiment="bench"),
-            seed=1337, threads=args.threads, params=vars(args), callbacks=[clock])
-        training.train(job)
+        base = defaults()
+        trainer = {"max_steps": -1, "max_epochs": -1, "max_time": {"seconds": int(args.minutes * 60)},
+                   "val_check_interval": args.val_every, "check_val_every_n_epoch": None,
+                   "gradient_clip_val": 1.0, "accelerator": "cpu", "log_every_n_steps": 50}
+        params = base.replace(
+            paths={"vocab": str(tmp / "vocab"), "train": str(tmp / "train")},
+            model={"cell": args.cell, "embedding_size": args.embedding, "hidden_size": args.hidden,
+                   "num_layers": args.layers, "dropout": args.dropout},
+            optim={"lr": args.lr, "schedule": args.schedule, "plateau_factor": 0.5, "plateau_patience": 1},
+            data={"batch_size": args.batch, "bptt": args.bptt, "eval_batch_size": 64},
+            trainer=build(TrainerSpec, "trainer", base.section("trainer") | trainer),
+            gradstats={"every_n_steps": 50, "gtt_length": 0, "samples": 0},
+            tracking={"uri": f"sqlite:///{tmp / 'mlflow.db'}", "experiment": "bench"}, seed=1337, threads=args.threads)
+        training.train(params, train.READS, [clock])
 
     print(f"\nconfig: {vars(args)}")
     print(f"{'seconds':>8}{'step':>7}{'val loss':>10}")

@@ -25,7 +25,7 @@ from torch.utils.data import DataLoader
 from rnnlab.data import StreamWindows
 from rnnlab.callbacks import GradientStats
 from rnnlab.lit import LitLM
-from rnnlab.model import ModelSpec
+from rnnlab.schema import ModelSpec, OptimSpec
 from rnnlab.runtime import keep_freed_memory, quiet_lightning
 from rnnlab.config import spec as conf_spec  # conf/'s defaults, with changes
 
@@ -58,12 +58,10 @@ class Clock(pl.Callback):
 
 
 def lightning_loop(spec: ModelSpec, vocab_size: int, windows: StreamWindows, steps: int, warmup: int,
-                   optim: dict | None = None, clip: float | None = 1.0) -> float:
+                   optim: OptimSpec | None = None, clip: float | None = 1.0) -> float:
     """Tokens/s of rnnlab's LightningModule under a Trainer as training.train builds it (minus MLflow and
-    checkpoints): `optim` is an OptimSpec as a dict (default Adam 3e-3), `clip` the gradient_clip_val."""
-    from dataclasses import asdict
-
-    lit = LitLM(vocab_size, "bench", asdict(spec), optim or {"lr": 3e-3})
+    checkpoints): `optim` an OptimSpec (default: conf/'s, Adam 3e-3), `clip` the gradient_clip_val."""
+    lit = LitLM(vocab_size, "bench", spec, optim or conf_spec("optim"))
     clock = Clock(warmup)
     trainer = pl.Trainer(max_steps=warmup + steps, gradient_clip_val=clip, accelerator="cpu", logger=False,
                          enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,

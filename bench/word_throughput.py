@@ -83,8 +83,6 @@ def reference(vocab: int, steps: int, warmup: int) -> float:
 
 def rnnlab_step(vocab: int, steps: int, warmup: int) -> float:
     """rnnlab's LightningModule + Trainer, as training.train builds them (minus MLflow and checkpoints)."""
-    from dataclasses import asdict
-
     import lightning.pytorch as pl
 
     from rnnlab import runtime
@@ -99,7 +97,7 @@ def rnnlab_step(vocab: int, steps: int, warmup: int) -> float:
     windows = StreamWindows(zipf_stream(vocab, BATCH * (BPTT * (steps + warmup) + 1)), BATCH, BPTT)
     spec = conf_spec("model", cell="lstm", embedding_size=EMB, hidden_size=HIDDEN, num_layers=LAYERS, dropout=DROPOUT,
                      init="torch")
-    return lightning_loop(spec, vocab, windows, steps, warmup, asdict(conf_spec("optim", algorithm="sgd", lr=LR)), CLIP)
+    return lightning_loop(spec, vocab, windows, steps, warmup, conf_spec("optim", algorithm="sgd", lr=LR), CLIP)
 
 
 def worker(args: argparse.Namespace) -> None:

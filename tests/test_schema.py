@@ -19,7 +19,7 @@ from omegaconf import OmegaConf
 from conftest import REPO
 from rnnlab import config, schema
 from rnnlab.checks import matches
-from rnnlab.params import SECTIONS, Params
+from rnnlab.params import SECTIONS, Params, from_dict
 
 GROUPS = ("corpus", "vocab", "model", "optim", "trainer", "tracking", "sample", "evaluate")
 
@@ -30,20 +30,28 @@ def fields(cls: type) -> dict[str, typing.Any]:
                                                                           and f.name == "extra")}
 
 
+def compositions(conf_dir: Path, groups: tuple[str, ...]) -> dict[str, dict]:
+    """`group=option` -> conf/ composed with it, for every option of `groups` (one Hydra context: fast)."""
+    from hydra import compose, initialize_config_dir
+
+    with initialize_config_dir(str(conf_dir.resolve()), version_base=None):
+        return {f"{g}={o}": OmegaConf.to_container(compose("config", [f"{g}={o}"]), resolve=True)
+                for g in groups for o in config.group_options(g, conf_dir)}
+
+
 def conf_drift(conf_dir: Path, groups: tuple[str, ...] = GROUPS) -> list[str]:
     """Every difference between the schema and conf/'s composition, over all options of `groups`."""
     problems = []
-    for group in groups:
-        for option in config.group_options(group, conf_dir):
-            composed = OmegaConf.to_container(config.compose_config([f"{group}={option}"], conf_dir))
-            for key, cls in SECTIONS.items():
-                section = {k: v for k, v in composed[key].items() if k != "name"}
-                where = f"{group}={option}: {key}"
-                declared = fields(cls)
-                problems += [f"{where}.{k} is in conf/ but not in the schema" for k in sorted(set(section) - set(declared))]
-                problems += [f"{where}.{k} is in the schema but has no value in conf/" for k in sorted(set(declared) - set(section))]
-                problems += [f"{where}.{k}={section[k]!r} is not {declared[k]}" for k in sorted(set(section) & set(declared))
-                             if section[k] != "???" and not matches(section[k], declared[k])]
+    for choice, composed in compositions(conf_dir, groups).items():
+        group, option = choice.split("=")
+        for key, cls in SECTIONS.items():
+            section = {k: v for k, v in composed[key].items() if k != "name"}
+            where = f"{group}={option}: {key}"
+            declared = fields(cls)
+            problems += [f"{where}.{k} is in conf/ but not in the schema" for k in sorted(set(section) - set(declared))]
+            problems += [f"{where}.{k} is in the schema but has no value in conf/" for k in sorted(set(declared) - set(section))]
+            problems += [f"{where}.{k}={section[k]!r} is not {declared[k]}" for k in sorted(set(section) & set(declared))
+                         if section[k] != "???" and not matches(section[k], declared[k])]
     return sorted(set(problems))
 
 
@@ -80,10 +88,13 @@ def test_agreement_generator_keys_are_the_schema_fields():
     assert set(generator) == {f.name for f in dataclasses.fields(schema.AgreementSpec)}
 
 
-@pytest.mark.parametrize("preset", config.group_options("experiment", REPO / "conf"))
-def test_every_preset_composes_into_valid_params(preset):
-    params = config.compose([f"+experiment={preset}"], REPO / "conf")
-    assert isinstance(params, Params) and params.model.impl in schema.IMPLS
+def test_every_preset_composes_into_valid_params():
+    from hydra import compose, initialize_config_dir
+
+    with initialize_config_dir(str(REPO / "conf"), version_base=None):
+        for preset in config.group_options("experiment", REPO / "conf"):
+            params = from_dict(OmegaConf.to_container(compose("config", [f"+experiment={preset}"]), resolve=True))
+            assert isinstance(params, Params) and params.model.impl in schema.IMPLS, preset
 
 
 def test_choice_lists_are_declared_once_and_used():
@@ -93,3 +104,6 @@ def test_choice_lists_are_declared_once_and_used():
     assert all(issubclass(getattr(torch.nn, cls), torch.nn.RNNBase) for cls in schema.CELLS.values())
     assert all(issubclass(getattr(torch.optim, cls), torch.optim.Optimizer) for cls in schema.OPTIMIZERS.values())
     assert set(config.group_options("model", REPO / "conf")) == set(schema.CELLS)
+    from rnnlab import corpus, vocab
+
+    assert set(corpus.READERS) == set(schema.SOURCES) and set(vocab.PATTERNS) == set(schema.TOKENIZERS)

@@ -20,7 +20,7 @@ from rnnlab.vocab import VocabDir
 
 @pytest.fixture
 def in_repo(monkeypatch):
-    monkeypatch.chdir(REPO)  # stages read dvc.yaml from the working directory, as under `dvc repro`
+    monkeypatch.chdir(REPO)  # run from the repository root, as under `dvc repro`
 
 
 def test_final_val_loss_equals_evaluate_on_the_val_split(tmp_path, in_repo, fresh_mlflow_db):

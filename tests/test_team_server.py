@@ -1,4 +1,4 @@
-"""End to end: a team's shared stores, on loopback. (README, "When one machine is not enough".)
+"""End to end: a team's shared stores, on loopback. (docs/scaling-out.md.)
 
 1. A team tracking server: `mlflow server` on PostgreSQL (runs, metrics) and S3 (artifacts, moto's S3 API),
    with proxied artifact access. A parallel Hydra sweep and a queued DVC experiment log into it with nothing

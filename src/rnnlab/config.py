@@ -64,18 +64,16 @@ def compose_config(overrides: list[str] = (), conf_dir: Path = CONF_DIR):
 
 
 @functools.lru_cache(maxsize=8)
-def defaults(conf_dir: Path = CONF_DIR) -> Params:
+def defaults(conf_dir: Path = CONF_DIR, overrides: tuple[str, ...] = ()) -> Params:
     """conf/'s default composition (cached): where a test or a benchmark takes the values it does not change."""
-    return compose([], conf_dir)
+    return compose(list(overrides), conf_dir)
 
 
 def spec(key: str, conf_dir: Path = CONF_DIR, **changes: Any) -> Any:
     """A section of the default composition with some values changed, checked again:
     `spec("model", cell="lstm", hidden_size=64)`; `corpus.generator` is corpus=agreement's generator."""
     if key == "corpus.generator":
-        from rnnlab.schema import AgreementSpec
-
-        return AgreementSpec(**compose(["corpus=agreement"], conf_dir).corpus.generator | changes)
+        return dataclasses.replace(defaults(Path(conf_dir), ("corpus=agreement",)).corpus.agreement, **changes)
     return dataclasses.replace(getattr(defaults(Path(conf_dir)), key), **changes)
 
 

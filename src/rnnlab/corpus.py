@@ -43,7 +43,7 @@ from pathlib import Path, PurePosixPath, PureWindowsPath
 
 from rnnlab.errors import UserError
 from rnnlab.files import atomic_write, sha256_bytes, sha256_file, write_json, write_text
-from rnnlab.schema import SPLIT_NAMES, AgreementSpec, CorpusSpec
+from rnnlab.schema import SPLIT_NAMES, CorpusSpec
 
 SPLITS = SPLIT_NAMES
 Raw = str | dict[str, str]  # what a source reads: one text, or one per split (a pre-split corpus)
@@ -238,11 +238,11 @@ def check_members(archive: Path, members: dict[str, str], names: list[str]) -> N
 def read_agreement(spec: CorpusSpec, raw_dir: Path) -> tuple[str, str]:
     from rnnlab.agreement import generate
 
-    text = generate(AgreementSpec(**(spec.generator or {})))  # the keys were checked with the CorpusSpec
+    text = generate(spec.agreement)
     return text, sha256_bytes(text.encode())
 
 
-SOURCES = {"shakespeare": read_shakespeare, "file": read_files, "url": read_url, "agreement": read_agreement}
+READERS = {"shakespeare": read_shakespeare, "file": read_files, "url": read_url, "agreement": read_agreement}
 
 
 # --- cleaning and splitting ----------------------------------------------------------------------------
@@ -327,7 +327,7 @@ def check_presplit(parts: dict[str, str], spec: CorpusSpec) -> None:
 
 def prepare(spec: CorpusSpec, out_dir: str | Path, raw_dir: str | Path) -> dict:
     """Read, clean and split the corpus; write `{train,val,test}.txt` and `stats.json` to out_dir."""
-    raw, input_sha256 = SOURCES[spec.source](spec, Path(raw_dir))
+    raw, input_sha256 = READERS[spec.source](spec, Path(raw_dir))
     if isinstance(raw, dict):  # pre-split: each split cleaned on its own, never re-split
         parts = {name: clean(raw.get(name, ""), spec) for name in SPLITS}
         check_presplit(parts, spec)

@@ -32,7 +32,7 @@ def keep_freed_memory() -> None:
 
     Each step allocates the same multi-MB activation buffers again; by default glibc returns them to the
     OS on free and page-faults them back in on the next step (measured on 2 cores: +9 % tokens/s with the
-    BPTT layers of rnnlab.recurrence, +1 % with nn.GRU; README, Performance).
+    BPTT layers of rnnlab.recurrence, +1 % with nn.GRU; docs/performance.md).
     No-op where the C library is not glibc.
     """
     try:

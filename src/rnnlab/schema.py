@@ -69,12 +69,9 @@ class CorpusSpec:
         one_of("corpus.encoding", self.encoding, ENCODINGS)
         fracs_ok = 0 <= self.val_frac < 1 and 0 <= self.test_frac < 1 and self.val_frac + self.test_frac < 1
         if not fracs_ok:
-            raise UserError(
-                f"corpus.val_frac={self.val_frac} and corpus.test_frac={self.test_frac} leave no training data; "
-                "use fractions in [0, 1) that sum to less than 1"
-            )
-        if self.max_chars is not None and self.max_chars < 1:
-            raise UserError(f"corpus.max_chars={self.max_chars} must be a positive number of characters or null")
+            raise UserError(f"corpus.val_frac={self.val_frac} and corpus.test_frac={self.test_frac} leave no training "
+                            "data; use fractions in [0, 1) that sum to less than 1")
+        at_least("corpus.max_chars", self.max_chars, 1)  # null: all of it
         if self.encoding == "bytes" and self.normalize != "none":
             raise UserError(f"corpus.encoding=bytes keeps every byte as one character; set corpus.normalize=none "
                             f"(not {self.normalize})")
@@ -87,6 +84,11 @@ class CorpusSpec:
             AgreementSpec(**self.generator)
         check_corpus_inputs(self)
         check_char_cuts(self)
+
+    @property
+    def agreement(self) -> AgreementSpec | None:
+        """`generator` as its checked dataclass (corpus=agreement), else None."""
+        return None if self.generator is None else AgreementSpec(**self.generator)
 
     @property
     def split_inputs(self) -> dict:
@@ -385,9 +387,7 @@ class EvaluateSpec:
 
 
 @dataclass(frozen=True)
-class PathsSpec:
-    """Where each stage writes (dvc.yaml reads these too)."""
-
+class PathsSpec:  # where each stage writes (dvc.yaml reads these too)
     raw: str
     prepared: str
     vocab: str

@@ -21,7 +21,6 @@ from lightning.pytorch.callbacks import ModelCheckpoint, RichProgressBar
 from rnnlab import callbacks, checkpoints, outputs, runtime, tracking
 from rnnlab.data import StreamDataModule
 from rnnlab.lit import LitLM
-from rnnlab.vocab import VocabDir
 
 if TYPE_CHECKING:
     from rnnlab.params import Params
@@ -59,7 +58,8 @@ def train(params: Params, reads: tuple[str, ...], extra_callbacks: list = ()) ->
 def fit(params: Params, logged: dict, logger, resume: Path | None, extra_callbacks: list = ()) -> dict:
     """Build the Trainer, fit (from `resume` if given), and write the outputs of a finished training
     (process 0 only; `logger` None in the others)."""
-    vocab_dir, out = VocabDir(params.paths.vocab), Path(params.paths.train)
+    data, out = StreamDataModule(params.paths.vocab, params.data), Path(params.paths.train)
+    vocab_dir = data.vocab_dir
     vocab = vocab_dir.vocab()
     lit = LitLM(len(vocab), vocab.hash, params.model, params.optim, vocab_dir.chars_per_token("val"))
     best = ModelCheckpoint(dirpath=out / "checkpoints", filename="best", monitor="val/loss", mode="min",
@@ -72,7 +72,7 @@ def fit(params: Params, logged: dict, logger, resume: Path | None, extra_callbac
                          plugins=[checkpoints.AtomicCheckpointIO()], enable_progress_bar=tty, default_root_dir=out,
                          inference_mode=False, num_sanity_val_steps=0, enable_model_summary=False,
                          use_distributed_sampler=False)  # DDP: each process walks its own streams (data.py)
-    trainer.fit(lit, StreamDataModule(vocab_dir.path, params.data), ckpt_path=resume, weights_only=True)
+    trainer.fit(lit, data, ckpt_path=resume, weights_only=True)
     checkpoints.check_finished(trainer, out / "checkpoints")
     if not trainer.is_global_zero:
         return {}

@@ -51,7 +51,7 @@ def agreement(params, model, vocab, cell: str, tmp: Path) -> tuple[dict, list[Pa
 
     rows = agreement_probe.probe(model, vocab, list(params.evaluate.agreement_distances),
                                  params.evaluate.agreement_per_distance,
-                                 filler=(params.corpus.generator or {}).get("filler", "random"))
+                                 filler=params.corpus.agreement.filler)
     print(agreement_probe.markdown_table({cell: rows}))
     plots.agreement({cell: rows}, tmp / "agreement.png")
     return {f"d{r['distance']:03d}": r["accuracy"] for r in rows}, [tmp / "agreement.png"]

@@ -1,7 +1,8 @@
 """Stage `train`: train the language model; writes `paths.train` (model, checkpoints, metrics, plots).
 
-The values of `READS` (less paths) are what the training logs to MLflow as params and hashes to decide
-whether an interrupted run may resume; dvc.yaml lists the same keys, so the two cannot disagree.
+What it logs to MLflow as params, and hashes to decide whether an interrupted run may resume, are the
+keys it reads (`READS`, less paths), which dvc.yaml lists under the stage's `params:` (a test keeps the two
+equal), so DVC reruns the training exactly when one of them changes.
 """
 
 from __future__ import annotations
