@@ -21,8 +21,7 @@ import torch
 
 from rnnlab import corpus, runtime, scoring, vocab
 from rnnlab.data import StreamWindows
-from rnnlab.model import RNNLM, ModelSpec, detach_hidden
-from rnnlab.schema import CorpusSpec, VocabSpec
+from rnnlab.model import RNNLM, detach_hidden
 from rnnlab.config import spec as conf_spec  # conf/'s defaults, with changes
 
 BATCH, BPTT = 32, 35

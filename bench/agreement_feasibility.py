@@ -22,11 +22,11 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "src"))
 
 from rnnlab import plots  # noqa: E402
-from rnnlab.agreement import AgreementSpec, generate  # noqa: E402
+from rnnlab.agreement import generate  # noqa: E402
 from rnnlab.agreement_probe import markdown_table, probe  # noqa: E402
-from rnnlab.model import ModelSpec, RNNLM, detach_hidden  # noqa: E402
+from rnnlab.model import RNNLM, detach_hidden  # noqa: E402
 from rnnlab.scoring import batchify  # noqa: E402
-from rnnlab.vocab import VocabSpec, build  # noqa: E402
+from rnnlab.vocab import build  # noqa: E402
 from rnnlab.config import spec as conf_spec  # conf/'s defaults, with changes
 
 BATCH, BPTT = 64, 64

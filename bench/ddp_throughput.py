@@ -28,7 +28,6 @@ def worker(devices: int, steps: int, warmup: int, out: str) -> None:
     from rnnlab.callbacks import GradientStats
     from rnnlab.data import StreamDataModule
     from rnnlab.lit import LitLM
-    from rnnlab.model import ModelSpec
     from rnnlab.vocab import VocabDir
 
     from train_throughput import Clock  # noqa: I001  (bench/, next to this script)

@@ -57,7 +57,6 @@ def worker(args: argparse.Namespace) -> None:
 
     from rnnlab import recurrence, runtime
     from rnnlab.data import StreamWindows
-    from rnnlab.model import ModelSpec
 
     if args.keep_memory:
         runtime.keep_freed_memory()

@@ -19,9 +19,9 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from rnnlab.model import ModelSpec, RNNLM
-from rnnlab.sampling import SampleSpec, sample
-from rnnlab.vocab import EOS_ID, Vocab, build, VocabSpec
+from rnnlab.model import RNNLM
+from rnnlab.sampling import sample
+from rnnlab.vocab import EOS_ID, Vocab, build
 from rnnlab.config import spec as conf_spec  # conf/'s defaults, with changes
 
 REPO = Path(__file__).resolve().parents[1]

@@ -87,8 +87,6 @@ def rnnlab_step(vocab: int, steps: int, warmup: int) -> float:
 
     from rnnlab import runtime
     from rnnlab.data import StreamWindows
-    from rnnlab.model import ModelSpec
-    from rnnlab.schema import OptimSpec
 
     from train_throughput import lightning_loop  # noqa: I001  (bench/, next to this script)
 

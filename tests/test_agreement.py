@@ -8,11 +8,11 @@ from torch import nn
 
 from conftest import conf_spec
 from rnnlab import agreement, agreement_probe, plots
-from rnnlab.agreement import AgreementSpec, generate
+from rnnlab.agreement import generate
 from rnnlab.agreement_probe import markdown_table, probe
 from rnnlab.errors import UserError
-from rnnlab.model import ModelSpec, RNNLM
-from rnnlab.vocab import VocabSpec, build
+from rnnlab.model import RNNLM
+from rnnlab.vocab import build
 
 PLURALS = set(agreement.NOUNS.values())
 # Words that would reveal (or agree with) a number if they sat in the filler.

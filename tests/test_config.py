@@ -6,7 +6,6 @@ import shutil
 
 import pytest
 from hydra import compose, initialize
-from omegaconf import OmegaConf
 
 from conftest import REPO
 from rnnlab import config

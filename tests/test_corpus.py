@@ -8,7 +8,6 @@ import pytest
 
 from conftest import SHARED_CORPORA, TINY_TEXT, conf_spec
 from rnnlab import corpus
-from rnnlab.corpus import CorpusSpec
 from rnnlab.errors import UserError
 from rnnlab.files import sha256_bytes
 

@@ -20,9 +20,7 @@ import pytest
 import torch
 
 from conftest import BIN, TINY, kill_train_after_a_checkpoint, run, conf_spec
-from rnnlab import training
 from rnnlab.errors import UserError
-from rnnlab.tracking import TrackingSpec
 from test_mlflow_ui import mlflow_server_control, restore_mlflow_uri  # noqa: F401  (fixtures)
 from test_training import run_training, tiny_job
 

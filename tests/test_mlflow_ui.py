@@ -26,8 +26,7 @@ from pathlib import Path
 import pytest
 
 from conftest import REPO, TINY_TEXT, conf_spec
-from rnnlab import corpus, training, vocab
-from rnnlab.tracking import TrackingSpec
+from rnnlab import corpus, vocab
 from test_training import run_training, tiny_job
 
 CHROMIUM = Path("/usr/bin/chromium")

@@ -8,7 +8,7 @@ from torch import nn
 
 from conftest import conf_spec
 from rnnlab import recurrence
-from rnnlab.model import RNNLM, ModelSpec
+from rnnlab.model import RNNLM
 
 B, T, E, H = 3, 17, 5, 7
 

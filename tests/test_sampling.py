@@ -9,7 +9,7 @@ from torch import nn
 from conftest import conf_spec
 from rnnlab import vocab as vocab_mod
 from rnnlab.errors import UserError
-from rnnlab.sampling import Sample, SampleSpec, novelty, sample
+from rnnlab.sampling import Sample, novelty, sample
 from rnnlab.vocab import EOS_ID, UNK_ID
 
 LINES = "hello\nworld\nhold\nhell\nlow\n"

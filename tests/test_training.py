@@ -269,7 +269,6 @@ def test_step_schedule_with_epochs_as_the_budget(vocab_dir, tmp_path, capsys):
 
 def test_adaptive_head_trains_scores_and_samples(vocab_dir, tmp_path):
     from rnnlab import sampling
-    from rnnlab.schema import SampleSpec
 
     job = tiny_job(vocab_dir, tmp_path, max_steps=60)
     job.model = conf_spec("model", cell="gru", embedding_size=8, hidden_size=16, head="adaptive", cutoffs=[4, 12])

@@ -23,6 +23,7 @@ the cell type. `hidden=None` means the zero state, for every cell.
 
 from __future__ import annotations
 
+import functools
 import re
 from typing import Callable, Union
 
@@ -111,6 +112,9 @@ class RNNLM(nn.Module):
         emb = self.dropout(emb, self.spec.input_dropout)
         if self.hand_written_bptt(emb):
             out, hidden = recurrence.run(self.rnn, emb, hidden)
+        elif self.spec.cell == "lstm" and torch.is_autocast_enabled("cpu") and not cpu_runs_bf16_lstm():
+            with torch.autocast("cpu", enabled=False):  # this CPU has no bf16 LSTM: the layer runs in fp32
+                out, hidden = self.rnn(emb.float(), tree_map(lambda h: h.float(), hidden))
         else:
             out, hidden = self.rnn(emb, hidden)  # (B, T, H); hidden (L, B, H) or a tuple of those
         if self.spec.variational:
@@ -166,6 +170,18 @@ class RNNLM(nn.Module):
             h, hidden = self.core(self.embed(tokens[:, a:b]), hidden)
             pieces.append(h)
         return torch.cat(pieces, dim=1), hidden  # (B, T, H)
+
+
+@functools.cache
+def cpu_runs_bf16_lstm() -> bool:
+    """Whether oneDNN runs an LSTM in bfloat16 on this CPU (it needs AVX-512 BF16 or AMX; without them
+    `trainer.precision=bf16-mixed` would stop with "could not create a primitive descriptor")."""
+    try:
+        with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+            nn.LSTM(2, 2, batch_first=True)(torch.zeros(1, 1, 2))
+    except RuntimeError:
+        return False
+    return True
 
 
 def check_cutoffs(spec: ModelSpec, vocab_size: int) -> list[int]:

@@ -16,10 +16,15 @@ import math
 from pathlib import Path
 
 from rnnlab import plots, trained_model
-from rnnlab.files import atomic_write, write_json
+from rnnlab.files import atomic_write, remove_leftovers, write_json
 from rnnlab.vocab import VocabDir
 
 TABLES = ("loss.csv", "val.csv", "grad_norm.csv", "gtt.csv", "metrics.json")
+
+
+def clean(out: Path) -> None:
+    """Before a training: remove the temporary files a killed run left in `out` (files.remove_leftovers)."""
+    remove_leftovers(out)
 
 
 def final_metrics(step: int, history: dict, grad_rows: list, curves: list) -> dict:

@@ -35,6 +35,7 @@ def train(params: Params, reads: tuple[str, ...], extra_callbacks: list = ()) ->
     phash, ckpt_dir = tracking.digest(logged), Path(params.paths.train) / "checkpoints"
     if not checkpoints.launching_process():  # a further DDP process: resume where process 0 resumes
         return fit(params, logged, None, checkpoints.handed_over(ckpt_dir, phash), extra_callbacks)
+    outputs.clean(Path(params.paths.train))
     found = checkpoints.resume_point(ckpt_dir, phash)
     resume, run_id = found if found else (None, None)
     logger = tracking.open_logger(params, logged, run_id)

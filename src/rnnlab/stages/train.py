@@ -8,7 +8,6 @@ equal), so DVC reruns the training exactly when one of them changes.
 from __future__ import annotations
 
 from rnnlab.errors import UserError
-from rnnlab.files import remove_leftovers
 
 # sample.*: the samples logged at each validation are drawn as the sample stage draws them
 READS = ("model", "optim", "data", "trainer", "gradstats", "tracking", "seed", "threads", "callbacks", "corpus", "vocab",
@@ -17,10 +16,8 @@ READS = ("model", "optim", "data", "trainer", "gradstats", "tracking", "seed", "
 
 
 def run(params) -> dict:
-    from rnnlab import checkpoints, training  # heavy imports (torch, lightning, mlflow) after the cheap checks
+    from rnnlab import training  # heavy imports (torch, lightning, mlflow) after the cheap checks
 
-    if checkpoints.launching_process():  # DDP: the further processes leave process 0's files alone
-        remove_leftovers(params.paths.train)
     metrics = training.train(params, READS, user_callbacks(params.callbacks))
     if not metrics:  # a further process of a data-parallel (DDP) run: process 0 reports
         return metrics
