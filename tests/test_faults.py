@@ -9,6 +9,7 @@ whole suite is in the slow tier (`pytest -q` and CI run it).
 from __future__ import annotations
 
 import errno
+import json
 import os
 import signal
 import sqlite3
@@ -294,3 +295,50 @@ def test_a_hand_edited_params_yaml_keeps_the_outputs_of_dvc_repro(project):
     assert "error: model.hidden_size='big': expected an integer" in proc.stderr
     assert "Traceback" not in proc.stderr + proc.stdout
     assert model.read_bytes() == before
+
+
+# --- damaged files: one line naming the file and the fix ---------------------------------------------------
+
+
+def _damage(kind: str, model_dir: Path, vocab_dir: Path) -> tuple[Path, str]:
+    """Damage one file the sample and evaluate stages read; returns the path given and the file blamed."""
+    target = {"model": model_dir / "model.pt", "meta": model_dir / "meta.json", "vocab": vocab_dir / "vocab.json"}
+    if kind == "truncated model.pt":
+        truncate(target["model"])
+        return model_dir, "model.pt"
+    if kind == "meta.json deleted":
+        target["meta"].unlink()
+        return model_dir, "meta.json"
+    if kind == "meta.json of another shape":
+        target["meta"].write_text('{"model": 3, "vocab_size": "x", "vocab_hash": "y"}')
+        return model_dir, "meta.json"
+    if kind == "truncated vocab.json":
+        truncate(target["vocab"])
+        return model_dir, "vocab.json"
+    if kind == "vocab.json without its hash":
+        data = json.loads(target["vocab"].read_text())
+        del data["hash"]
+        target["vocab"].write_text(json.dumps(data))
+        return model_dir, "vocab.json"
+    if kind == "a foreign file as the checkpoint":
+        foreign = model_dir.parent / "notes.ckpt"
+        foreign.write_text("not a checkpoint\n")
+        return foreign, "notes.ckpt"
+    raise AssertionError(kind)
+
+
+@pytest.mark.parametrize("kind", ["truncated model.pt", "meta.json deleted", "meta.json of another shape",
+                                  "truncated vocab.json", "vocab.json without its hash",
+                                  "a foreign file as the checkpoint"])
+def test_a_damaged_file_is_one_line_naming_it_and_the_fix(vocab_dir, tmp_path, kind):
+    from rnnlab import trained_model, vocab
+    from rnnlab.model import RNNLM
+
+    voc = vocab.VocabDir(vocab_dir).vocab()
+    model_dir = tmp_path / "train" / "model"
+    trained_model.save(model_dir, RNNLM(len(voc), conf_spec("model", embedding_size=4, hidden_size=8)), voc, {})
+    given, blamed = _damage(kind, model_dir, vocab_dir)
+    with pytest.raises(UserError) as err:
+        trained_model.load_trained(vocab_dir, given)
+    message = str(err.value)
+    assert blamed in message and "\n" not in message and ("dvc repro" in message or "give a .ckpt" in message)

@@ -8,7 +8,7 @@ import torch.nn.functional as F
 
 from conftest import conf_spec
 from rnnlab.errors import UserError
-from rnnlab.schema import CELLS
+from rnnlab.choices import CELLS
 from rnnlab.model import RNNLM, detach_hidden, param_groups, reset_hidden_where
 
 V, B, T = 11, 3, 5

@@ -17,7 +17,7 @@ import pytest
 from omegaconf import OmegaConf
 
 from conftest import REPO
-from rnnlab import config, schema
+from rnnlab import choices, config, schema
 from rnnlab.checks import matches
 from rnnlab.params import SECTIONS, Params, from_dict
 
@@ -94,16 +94,61 @@ def test_every_preset_composes_into_valid_params():
     with initialize_config_dir(str(REPO / "conf"), version_base=None):
         for preset in config.group_options("experiment", REPO / "conf"):
             params = from_dict(OmegaConf.to_container(compose("config", [f"+experiment={preset}"]), resolve=True))
-            assert isinstance(params, Params) and params.model.impl in schema.IMPLS, preset
+            assert isinstance(params, Params) and params.model.impl in choices.IMPLS, preset
 
 
 def test_choice_lists_are_declared_once_and_used():
     """Cells and optimisers are looked up by name in the schema's tables: each name must resolve."""
     import torch
 
-    assert all(issubclass(getattr(torch.nn, cls), torch.nn.RNNBase) for cls in schema.CELLS.values())
-    assert all(issubclass(getattr(torch.optim, cls), torch.optim.Optimizer) for cls in schema.OPTIMIZERS.values())
-    assert set(config.group_options("model", REPO / "conf")) == set(schema.CELLS)
+    assert all(issubclass(getattr(torch.nn, cls), torch.nn.RNNBase) for cls in choices.CELLS.values())
+    assert all(issubclass(getattr(torch.optim, cls), torch.optim.Optimizer) for cls in choices.OPTIMIZERS.values())
+    assert set(config.group_options("model", REPO / "conf")) == set(choices.CELLS)
     from rnnlab import corpus, vocab
 
-    assert set(corpus.READERS) == set(schema.SOURCES) and set(vocab.PATTERNS) == set(schema.TOKENIZERS)
+    assert set(corpus.READERS) == set(choices.SOURCES) and set(vocab.PATTERNS) == set(choices.TOKENIZERS)
+
+
+@pytest.mark.parametrize("key, changes, message", [
+    ("optim", {"lr": float("nan")}, "optim.lr=nan: expected a finite number"),
+    ("trainer", {"gradient_clip_val": float("inf")}, "trainer.gradient_clip_val=inf: expected a finite number"),
+    ("sample", {"temperature": float("nan")}, "sample.temperature=nan: expected a finite number"),
+    ("optim", {"momentum": -0.5}, "optim.momentum=-0.5 must be at least 0"),
+    ("trainer", {"devices": 0}, "trainer.devices=0 must be at least 1"),
+    ("trainer", {"max_time": "abc"}, "trainer.max_time='abc': give DD:HH:MM:SS"),
+    ("trainer", {"max_time": {"hours": "x"}}, "trainer.max_time={'hours': 'x'}: give DD:HH:MM:SS"),
+    ("sample", {"seed": 2**64}, "sample.seed=18446744073709551616 must be between 0 and 18446744073709551615"),
+])
+def test_values_that_would_reach_torch_or_lightning_unchecked_are_one_line_errors(key, changes, message):
+    from rnnlab.errors import UserError
+
+    with pytest.raises(UserError, match="^" + message.replace("(", r"\(").replace("[", r"\[")):
+        config.spec(key, REPO / "conf", **changes)
+
+
+def test_a_seed_beyond_lightnings_range_and_yaml_1_1_numbers():
+    from rnnlab.errors import UserError
+    from rnnlab.params import build
+
+    params = config.defaults(REPO / "conf")
+    with pytest.raises(UserError, match=r"^seed=4294967296 must be between 0 and 4294967295"):
+        params.replace(seed=2**32)
+    # PyYAML reads 1e-9 as text (YAML 1.1 wants 1.0e-9); Hydra reads a number, and so does the schema
+    spec = build(schema.SampleSpec, "sample", params.section("sample") | {"temperature": "1e-9", "top_p": "5e-1"})
+    assert (spec.temperature, spec.top_p) == (1e-9, 0.5)
+    with pytest.raises(UserError, match=r"^sample.temperature='hot': expected a number"):
+        build(schema.SampleSpec, "sample", params.section("sample") | {"temperature": "hot"})
+
+
+def test_metrics_files_are_strict_json():
+    import json
+    import math
+
+    from rnnlab import files, outputs
+
+    metrics = outputs.final_metrics(10, {"train": [[10, math.inf]], "val": [[10, 2.0, math.nan, 1.0]]}, [], [])
+    assert metrics["train_loss"] is None and metrics["val_ppl"] is None and metrics["val_loss"] == 2.0
+    with pytest.raises(ValueError):
+        files.write_json("/dev/null", {"x": math.nan})  # never `NaN` / `Infinity` in a metrics file
+    text = json.dumps(metrics, allow_nan=False)
+    json.loads(text, parse_constant=lambda c: pytest.fail(f"non-standard JSON constant {c}"))

@@ -310,3 +310,21 @@ def test_validation_samples_are_drawn_as_the_sample_section_says(vocab_dir, tmp_
     assert logged == expected and all(text.startswith("the") for text in logged.split("\n\n----\n\n"))
     old_defaults = dataclasses.replace(as_configured, temperature=1.0, top_k=None, unk="allow", prime="")
     assert logged != "\n\n----\n\n".join(s.text for s in sampling.sample(model, voc, old_defaults))
+
+
+def test_an_exploded_validation_loss_fails_the_run(vocab_dir, tmp_path):
+    """A finite but exploded loss (here: the head's weights blown up) is a divergence too: FAILED, one line."""
+    from rnnlab.lit import NonFiniteError
+
+    class BlowUp(pl.Callback):
+        def on_validation_start(self, trainer, module) -> None:
+            with torch.no_grad():
+                module.model.head.weight.mul_(1e4)
+
+    job = tiny_job(vocab_dir, tmp_path, max_steps=10, val_check_interval=10)
+    job.extra_callbacks = [BlowUp()]
+    with pytest.raises(NonFiniteError, match=r"validation loss exploded to .* nats/token at step 10 .*clip"):
+        run_training(job)
+    db = sqlite3.connect(tmp_path / "mlflow.db")
+    assert [s for (s,) in db.execute("select status from runs")] == ["FAILED"]
+    assert not (tmp_path / "train" / "metrics.json").exists()

@@ -6,11 +6,15 @@ Each failure is one `UserError` line naming the key, the value given and what is
 from __future__ import annotations
 
 import dataclasses
+import math
+import re
 import types
 import typing
 from typing import Any, Union
 
 from rnnlab.errors import UserError
+
+NUMBER = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?")
 
 
 def describe(hint: Any) -> str:
@@ -42,18 +46,34 @@ def matches(value: Any, hint: Any) -> bool:
 
 
 def check_types(spec: Any, key: str) -> None:
-    """Raise a one-line UserError when a field of the dataclass instance `spec` has the wrong type."""
+    """Raise a one-line UserError when a field of the dataclass instance `spec` has the wrong type, or is a
+    number that is not finite (NaN passes every `<= 0` check; no setting here means anything with inf)."""
     hints = typing.get_type_hints(type(spec))
     for f in dataclasses.fields(spec):
         value = getattr(spec, f.name)
         if not matches(value, hints[f.name]):
             raise UserError(f"{key}.{f.name}={value!r}: expected {describe(hints[f.name])}")
+        if isinstance(value, float) and not math.isfinite(value):
+            raise UserError(f"{key}.{f.name}={value}: expected a finite number")
+
+
+def yaml_numbers(cls: type, values: dict) -> dict:
+    """`values` with YAML 1.1's unread number forms (`1e-9`, which PyYAML keeps as text but Hydra reads as a
+    number) turned into numbers where `cls` declares a float."""
+    hints = typing.get_type_hints(cls)
+    return {k: float(v) if isinstance(v, str) and k in hints and matches(1.5, hints[k]) and not matches(v, hints[k])
+            and NUMBER.fullmatch(v.strip()) else v for k, v in values.items()}
 
 
 def one_of(key: str, value: Any, allowed: tuple[str, ...]) -> None:
     if value not in allowed:
         quoted = ", ".join(allowed) if len(allowed) > 2 else " or ".join(repr(a) for a in allowed)
         raise UserError(f"{key}={value!r} is not known; use {'one of ' if len(allowed) > 2 else ''}{quoted}")
+
+
+def between(key: str, value: int | None, low: int, high: int) -> None:
+    if value is not None and not low <= value <= high:
+        raise UserError(f"{key}={value} must be between {low} and {high}")
 
 
 def at_least(key: str, value: float | None, low: float) -> None:

@@ -43,7 +43,8 @@ from pathlib import Path, PurePosixPath, PureWindowsPath
 
 from rnnlab.errors import UserError
 from rnnlab.files import atomic_write, sha256_bytes, sha256_file, write_json, write_text
-from rnnlab.schema import SPLIT_NAMES, CorpusSpec
+from rnnlab.choices import SPLIT_NAMES
+from rnnlab.schema import CorpusSpec
 
 SPLITS = SPLIT_NAMES
 Raw = str | dict[str, str]  # what a source reads: one text, or one per split (a pre-split corpus)

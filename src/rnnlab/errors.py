@@ -19,8 +19,21 @@ class UserError(Exception):
     """A problem the user can fix; the message names the problem and the fix."""
 
 
+class Stopped(BaseException):
+    """The process got SIGTERM or SIGINT (rnnlab.runtime.catch_signals); it exits with 128 + the signal's
+    number, as a shell reports a process a signal ended (143 for SIGTERM, 130 for SIGINT)."""
+
+    def __init__(self, signum: int, where: str = "") -> None:
+        import signal
+
+        self.exit_status = 128 + signum
+        super().__init__(f"stopped by {signal.Signals(signum).name}{where}; the last checkpoint, if any, is kept: "
+                         "run `dvc repro` (or the same command) again to resume")
+
+
 def entry_point(main: Callable[..., T]) -> Callable[..., T]:
-    """Run `main`, turning a `UserError` into one line on stderr and exit status 2."""
+    """Run `main`, turning a `UserError` into one line on stderr and exit status 2, and `Stopped` into one
+    line and exit status 128 + signal."""
 
     @functools.wraps(main)
     def wrapper(*args, **kwargs) -> T:
@@ -29,5 +42,8 @@ def entry_point(main: Callable[..., T]) -> Callable[..., T]:
         except UserError as err:
             print(f"error: {err}", file=sys.stderr)
             sys.exit(EXIT_USER_ERROR)
+        except Stopped as err:
+            print(f"error: {err}", file=sys.stderr)
+            sys.exit(err.exit_status)
 
     return wrapper

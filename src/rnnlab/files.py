@@ -9,10 +9,12 @@ stage's next run (`remove_leftovers`).
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import hashlib
 import json
 import os
+import pickle
 import tempfile
 from pathlib import Path
 from typing import Any, Callable
@@ -52,12 +54,29 @@ def remove_leftovers(folder: str | Path) -> list[Path]:
     return found
 
 
+@contextlib.contextmanager
+def reading(path: str | Path, fix: str):
+    """Read `path` inside this block: a file that is missing, unreadable, truncated, of the wrong shape or not
+    what rnnlab wrote (foreign JSON, a pickle, text for binary) is one UserError naming the file and `fix`.
+    Keep the block to the parsing of that one file, so that no bug of ours hides behind it."""
+    try:
+        yield
+    except FileNotFoundError:
+        raise UserError(f"{path} is missing; {fix}") from None
+    except PermissionError:
+        raise UserError(f"{path} cannot be read (permission denied); fix its permissions, or {fix}") from None
+    except (OSError, EOFError, ValueError, KeyError, TypeError, IndexError, RuntimeError, pickle.UnpicklingError) as err:
+        why = (str(err).strip().splitlines() or [type(err).__name__])[0][:120]
+        raise UserError(f"{path} is damaged or not a file rnnlab wrote ({type(err).__name__}: {why}); {fix}") from None
+
+
 def write_text(path: str | Path, text: str) -> None:
     atomic_write(path, lambda fh: fh.write(text))
 
 
 def write_json(path: str | Path, obj: Any) -> None:
-    atomic_write(path, lambda fh: fh.write(json.dumps(obj, indent=2, ensure_ascii=False) + "\n"))
+    """Strict JSON: a NaN or an infinity is an error (callers write None for a number that is not finite)."""
+    atomic_write(path, lambda fh: fh.write(json.dumps(obj, indent=2, ensure_ascii=False, allow_nan=False) + "\n"))
 
 
 def sha256_bytes(data: bytes) -> str:

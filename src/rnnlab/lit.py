@@ -10,6 +10,7 @@ samples) are Lightning callbacks in callbacks.py.
 
 from __future__ import annotations
 
+import math
 import random
 import time
 from dataclasses import asdict
@@ -21,17 +22,21 @@ import torch
 from rnnlab import scoring
 from rnnlab.errors import UserError
 from rnnlab.model import RNNLM, detach_hidden, tree_map
-from rnnlab.schema import OPTIMIZERS, ModelSpec, OptimSpec
+from rnnlab.choices import OPTIMIZERS
+from rnnlab.schema import ModelSpec, OptimSpec
+
+
+EXPLODED = 100  # a validation loss above 100 x ln(V) nats (a uniform guess scores ln(V)) has diverged
 
 
 class NonFiniteError(UserError):
-    """The loss or the gradient became inf/NaN: training stops, the last good checkpoint stays."""
+    """The loss or the gradient became inf/NaN, or the loss exploded: the run stops and is marked FAILED."""
 
-    def __init__(self, step: int, what: str, clip: float | None) -> None:
+    def __init__(self, step: int, what: str, clip: float | None, became: str = "became inf/NaN") -> None:
         hint = ("clipping is off: set trainer.gradient_clip_val (e.g. 1.0)" if not clip else
                 f"lower trainer.gradient_clip_val (now {clip}) or optim.lr")
-        super().__init__(f"the {what} became inf/NaN at step {step} (exploding gradients); {hint}. "
-                         "The last good checkpoint is kept")
+        super().__init__(f"the {what} {became} at step {step} (exploding gradients); {hint}. Checkpoints written "
+                         "before it, if any, stay in the checkpoints folder")
 
 
 class LitLM(pl.LightningModule):
@@ -109,6 +114,9 @@ class LitLM(pl.LightningModule):
         if tokens == 0:
             return
         score = scoring.summary(nll, tokens, self.hparams.val_chars_per_token)
+        if score["loss"] > EXPLODED * math.log(self.hparams.vocab_size):
+            raise NonFiniteError(self.global_step, "validation loss", self.trainer.gradient_clip_val,
+                                 f"exploded to {score['loss']:.3g} nats/token")
         self.log_dict({"val/loss": score["loss"], "val/ppl": score["ppl"], "val/bpc": score["bpc"]}, prog_bar=True)
         self.history["val"].append([self.global_step, score["loss"], score["ppl"], score["bpc"]])
 

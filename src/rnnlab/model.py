@@ -2,7 +2,7 @@
 
 A plain `nn.Module`, architecture only; optimiser and logging live in the LightningModule.
 All three cells share one `forward(tokens, hidden) -> (scores, hidden)`; the cell is picked by one lookup
-in `rnnlab.schema.CELLS` (its torch.nn module). Who runs backpropagation through time in training is
+in `rnnlab.choices.CELLS` (its torch.nn module). Who runs backpropagation through time in training is
 explicit, `model.impl`: `torch` always calls the nn module; `rnnlab` runs RNN and GRU layers through
 rnnlab.recurrence (the same maths, written out: one matmul per step and a hand-written backward, faster on
 a CPU); `auto` (the default) uses rnnlab.recurrence where it applies (CPU, gradients on, fp32, RNN/GRU)
@@ -33,7 +33,8 @@ from torch import nn
 
 from rnnlab import recurrence
 from rnnlab.errors import UserError
-from rnnlab.schema import CELLS, ModelSpec
+from rnnlab.choices import CELLS
+from rnnlab.schema import ModelSpec
 from rnnlab.vocab import EOS_ID
 
 Hidden = Union[torch.Tensor, tuple[torch.Tensor, ...], None]

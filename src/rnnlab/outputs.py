@@ -40,7 +40,7 @@ def final_metrics(step: int, history: dict, grad_rows: list, curves: list) -> di
     if curves and curves[-1][1][0] > 0:
         values = curves[-1][1]
         metrics["gtt_ratio_far_near"] = values[-1] / values[0]
-    return {k: (float(f"{v:.6g}") if isinstance(v, float) and math.isfinite(v) else v) for k, v in metrics.items()}
+    return {k: (float(f"{v:.6g}") if math.isfinite(v) else None) if isinstance(v, float) else v for k, v in metrics.items()}
 
 
 def write_csv(path: Path, header: list[str], rows: list[list]) -> None:

@@ -23,8 +23,9 @@ from pathlib import Path
 from typing import Any
 
 from rnnlab.errors import UserError
+from rnnlab.checks import at_least, between, check_types, yaml_numbers
 from rnnlab.schema import (CorpusSpec, DataSpec, EvaluateSpec, GradStatsSpec, ModelSpec, OptimSpec, PathsSpec,
-                           SampleSpec, TrackingSpec, TrainerSpec, VocabSpec, at_least, check_types)
+                           SampleSpec, TrackingSpec, TrainerSpec, VocabSpec)
 
 SECTIONS = {"corpus": CorpusSpec, "vocab": VocabSpec, "model": ModelSpec, "optim": OptimSpec, "data": DataSpec,
             "trainer": TrainerSpec, "gradstats": GradStatsSpec, "tracking": TrackingSpec, "sample": SampleSpec,
@@ -53,6 +54,7 @@ class Params:
     def __post_init__(self) -> None:
         check_types(self, "params")
         at_least("threads", self.threads, 1)
+        between("seed", self.seed, 0, 2**32 - 1)  # the range Lightning's seed_everything accepts
 
     def section(self, key: str) -> Any:
         """A section or top-level value as plain containers; a section keeps its group option as `name`."""
@@ -105,7 +107,7 @@ def build(cls: type, key: str, values: Any) -> Any:
     unset = [k for k, v in values.items() if v == "???"]
     if unset:
         raise UserError(f"{key}.{unset[0]} must be set: add {key}.{unset[0]}=<value> to your overrides")
-    return cls(**values)
+    return cls(**yaml_numbers(cls, values))
 
 
 def trainer_extra(values: dict, declared: list[str]) -> dict:
@@ -171,16 +173,10 @@ def with_overrides(params: Params, overrides: list[str]) -> Params:
 
 
 def parse(item: str, text: str) -> Any:
-    """A command-line value as YAML reads it, and 1e-9 as a number (YAML 1.1 wants 1.0e-9), as Hydra does."""
+    """A command-line value as YAML reads it (`build` then reads 1e-9 as a number, as Hydra does)."""
     import yaml
 
     try:
-        value = yaml.safe_load(text)
+        return yaml.safe_load(text)
     except yaml.YAMLError:
         raise UserError(f"override {item!r}: {text!r} is not a value (a number, true/false, null, text)") from None
-    if isinstance(value, str):
-        try:
-            return float(value)
-        except ValueError:
-            return value
-    return value

@@ -3,7 +3,7 @@
 Every default lives in conf/ only (tests/test_schema.py compares each field with the composed conf/, for
 every option of every group). `rnnlab.params` builds these from params.yaml in one pass; a bad value is
 one line naming the key, the value and what is expected (`error: model.hidden_size='abc': expected an
-integer`). Each choice list is declared here once and looked up by the modules that act on it. Plain
+integer`). The allowed choices are declared once, in rnnlab.choices. Plain
 Python: the cheap stages (params, prepare, vocab) validate without importing torch.
 """
 
@@ -13,30 +13,10 @@ import dataclasses
 from dataclasses import dataclass
 from typing import Any
 
-from rnnlab.checks import at_least, check_sha256, check_types, matches, one_of
+from rnnlab.checks import at_least, between, check_sha256, check_types, matches, one_of
+from rnnlab.choices import (CELLS, CLIP_ALGORITHMS, ENCODINGS, FILLERS, FORMATS, HEADS, IMPLS, INITS, LEVELS,
+                             NORMALIZATIONS, OPTIMIZERS, SCHEDULES, SOURCES, SPLIT_NAMES, TOKENIZERS, UNK_POLICIES)
 from rnnlab.errors import UserError
-
-SOURCES = ("shakespeare", "file", "url", "agreement")
-FORMATS = ("text", "lines")
-ENCODINGS = ("utf-8", "bytes")
-SPLIT_NAMES = ("train", "val", "test")
-NORMALIZATIONS = ("NFC", "NFKC", "NFD", "NFKD", "none")
-LEVELS = ("char", "word")
-# vocab.tokenizer -> the regular expression that finds its tokens (rnnlab.vocab compiles them)
-TOKENIZERS = {
-    "words": r"\w+(?:['’]\w+)*|[^\w\s]",  # words (with inner apostrophes) and punctuation
-    "whitespace": r"\S+",  # pre-tokenised corpora such as PTB
-}
-CELLS = {"rnn": "RNN", "gru": "GRU", "lstm": "LSTM"}  # model.cell -> its torch.nn module
-IMPLS = ("auto", "torch", "rnnlab")  # model.impl: who runs BPTT in training (rnnlab.model.RNNLM.core)
-HEADS = ("full", "adaptive")
-INITS = ("rnnlab", "uniform", "torch")
-OPTIMIZERS = {"adam": "Adam", "adamw": "AdamW", "sgd": "SGD"}  # optim.algorithm -> its torch.optim class
-SCHEDULES = ("none", "plateau", "step")
-UNK_POLICIES = ("allow", "reject")
-CLIP_ALGORITHMS = ("norm", "value")
-FILLERS = ("random", "passage")
-
 
 # --- the sections ----------------------------------------------------------------------------------------
 
@@ -257,6 +237,8 @@ class OptimSpec:
         check_types(self, "optim")
         one_of("optim.algorithm", self.algorithm, tuple(OPTIMIZERS))
         one_of("optim.schedule", self.schedule, SCHEDULES)
+        for key in ("momentum", "weight_decay"):
+            at_least(f"optim.{key}", getattr(self, key), 0)
         if self.lr <= 0:
             raise UserError(f"optim.lr={self.lr} must be positive")
         if self.schedule == "step" and not (0 < self.step_factor <= 1 and self.step_start_epoch >= 0):
@@ -312,6 +294,9 @@ class TrainerSpec:
         if self.gradient_clip_algorithm is not None:
             one_of("trainer.gradient_clip_algorithm", self.gradient_clip_algorithm, CLIP_ALGORITHMS)
         at_least("trainer.num_nodes", self.num_nodes, 1)
+        if isinstance(self.devices, int) and self.devices != -1:  # -1: every device there is (Lightning)
+            at_least("trainer.devices", self.devices, 1)
+        check_max_time(self.max_time)
         if "spawn" in self.strategy or self.strategy.startswith(("fsdp", "deepspeed")):
             raise UserError(f"trainer.strategy={self.strategy} is not supported: use ddp (Lightning starts one "
                             "process per device; each owns its share of the streams and its hidden state)")
@@ -320,6 +305,17 @@ class TrainerSpec:
         """The arguments of lightning.pytorch.Trainer (a clip value of 0 means off, as None does)."""
         values = {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name != "extra"}
         return values | {"gradient_clip_val": self.gradient_clip_val or None} | self.extra
+
+
+def check_max_time(value: str | dict | None) -> None:
+    """Lightning's forms: "DD:HH:MM:SS", or a mapping of datetime.timedelta's keyword arguments."""
+    import re
+
+    units = {"days", "hours", "minutes", "seconds", "milliseconds", "microseconds", "weeks"}
+    if isinstance(value, str) and not re.fullmatch(r"\d+:\d{1,2}:\d{1,2}:\d{1,2}", value) or \
+            isinstance(value, dict) and not (value and set(value) <= units and all(matches(v, float) for v in value.values())):
+        raise UserError(f"trainer.max_time={value!r}: give DD:HH:MM:SS (e.g. 00:00:10:00) or a mapping such as "
+                        "{minutes: 10}, or null")
 
 
 @dataclass(frozen=True)
@@ -363,6 +359,7 @@ class SampleSpec:
 
     def __post_init__(self) -> None:
         check_types(self, "sample")
+        between("sample.seed", self.seed, 0, 2**64 - 1)  # torch.Generator's range
         for key in ("num_samples", "max_length", "top_k"):  # top_k: null keeps every token
             at_least(f"sample.{key}", getattr(self, key), 1)
         if self.temperature <= 0:

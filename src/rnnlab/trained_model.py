@@ -15,11 +15,12 @@ from pathlib import Path
 import torch
 
 from rnnlab.errors import UserError
-from rnnlab.files import atomic_write, write_json
+from rnnlab.files import atomic_write, reading, write_json
 from rnnlab.model import RNNLM, ModelSpec
 from rnnlab.vocab import Vocab, VocabDir
 
 MODEL_FILE, META_FILE = "model.pt", "meta.json"
+FIX = "retrain it (dvc repro train), or bring back the pipeline's last one (dvc checkout train)"
 
 
 def save(out_dir: str | Path, model: RNNLM, vocab: Vocab, extra: dict) -> None:
@@ -38,26 +39,33 @@ def load(path: str | Path, vocab: Vocab) -> tuple[RNNLM, dict]:
     else:
         if not (path / MODEL_FILE).exists():
             raise UserError(f"no trained model in {path} (missing {MODEL_FILE}); train one first: dvc repro train")
-        meta = json.loads((path / META_FILE).read_text(encoding="utf-8"))
-        state = torch.load(path / MODEL_FILE, map_location="cpu", weights_only=True)
-    if meta["vocab_hash"] != vocab.hash:
+        with reading(path / META_FILE, FIX):
+            meta = json.loads((path / META_FILE).read_text(encoding="utf-8"))
+            meta = meta | {"model": dict(meta["model"]), "vocab_size": int(meta["vocab_size"])}
+        with reading(path / MODEL_FILE, FIX):
+            state = dict(torch.load(path / MODEL_FILE, map_location="cpu", weights_only=True))
+    if meta.get("vocab_hash") != vocab.hash:
         raise UserError(
             f"the model in {path} was trained with vocabulary {meta['vocab_hash']}, but the vocabulary given is "
             f"{vocab.hash}; retrain (dvc repro train) or use the vocabulary it was trained with"
         )
     # model.impl (who runs BPTT in training) came after the first saved models; it does not change the weights.
-    model = RNNLM(meta["vocab_size"], ModelSpec(**{"impl": "auto"} | meta["model"]))
-    model.load_state_dict(state)
+    with reading(path if path.suffix == ".ckpt" else path / META_FILE, FIX):
+        spec = ModelSpec(**{"impl": "auto"} | meta["model"])
+    model = RNNLM(meta["vocab_size"], spec)
+    with reading(path if path.suffix == ".ckpt" else path / MODEL_FILE, FIX):
+        model.load_state_dict(state)  # weights of another shape: a RuntimeError naming the tensors
     return model.eval(), meta
 
 
 def read_lightning_checkpoint(path: Path) -> tuple[dict, dict]:
     if not path.exists():
         raise UserError(f"no checkpoint at {path}; give the path of a .ckpt file or of a model folder")
-    ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    hp = ckpt["hyper_parameters"]
-    state = {k.removeprefix("model."): v for k, v in ckpt["state_dict"].items() if k.startswith("model.")}
-    return state, {"model": hp["model"], "vocab_size": hp["vocab_size"], "vocab_hash": hp["vocab_hash"]}
+    with reading(path, "give a .ckpt that rnnlab's training wrote (data/train/checkpoints/) or a model folder"):
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+        hp = ckpt["hyper_parameters"]
+        state = {k.removeprefix("model."): v for k, v in ckpt["state_dict"].items() if k.startswith("model.")}
+        return state, {"model": dict(hp["model"]), "vocab_size": int(hp["vocab_size"]), "vocab_hash": hp["vocab_hash"]}
 
 
 def load_trained(vocab_dir: str | Path, model_path: str | Path) -> tuple[Vocab, RNNLM, dict]:

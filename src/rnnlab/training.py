@@ -39,16 +39,16 @@ def train(params: Params, reads: tuple[str, ...], extra_callbacks: list = ()) ->
     found = checkpoints.resume_point(ckpt_dir, phash)
     resume, run_id = found if found else (None, None)
     logger = tracking.open_logger(params, logged, run_id)
-    if resume:
-        print(f"resuming the interrupted training from {resume} (MLflow run {logger.run_id})")
-    checkpoints.hand_over(resume)
-    checkpoints.mark(ckpt_dir, phash, logger.run_id, complete=False)
-    try:
-        with tracking.store_errors(tracking.tracking_uri(params.tracking)):
+    try:  # from here on the run ends FINISHED, FAILED or (a signal, Ctrl-C) KILLED: never RUNNING
+        if resume:
+            print(f"resuming the interrupted training from {resume} (MLflow run {logger.run_id})")
+        checkpoints.hand_over(resume)
+        checkpoints.mark(ckpt_dir, phash, logger.run_id, complete=False)
+        with tracking.store_errors(tracking.tracking_uri(params.tracking)), runtime.signals_deferred():
             metrics = fit(params, logged, logger, resume, extra_callbacks)
-    except (KeyboardInterrupt, SystemExit):
+    except (KeyboardInterrupt, SystemExit, runtime.Stopped) as err:
         tracking.end_run(logger, "KILLED")
-        raise
+        raise runtime.stopped(err) from None
     except BaseException:
         tracking.end_run(logger, "FAILED")
         raise

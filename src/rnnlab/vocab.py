@@ -29,11 +29,13 @@ from pathlib import Path
 import numpy as np
 
 from rnnlab.errors import UserError
-from rnnlab.files import atomic_write, write_json
-from rnnlab.schema import TOKENIZERS, VocabSpec
+from rnnlab.files import atomic_write, reading, write_json
+from rnnlab.choices import TOKENIZERS
+from rnnlab.schema import VocabSpec
 
 EOS, UNK = "<eos>", "<unk>"
 EOS_ID, UNK_ID = 0, 1
+FIX = "rebuild it (dvc repro vocab), or bring back the pipeline's last one (dvc checkout vocab)"
 PATTERNS = {name: re.compile(pattern) for name, pattern in TOKENIZERS.items()}  # vocab.tokenizer -> its regex
 
 
@@ -128,13 +130,16 @@ class Vocab:
 
     @classmethod
     def load(cls, path: str | Path) -> "Vocab":
-        try:
+        if not Path(path).exists():
+            raise UserError(f"no vocabulary at {path}; run the vocab stage first: dvc repro vocab")
+        with reading(path, FIX):
             data = json.loads(Path(path).read_text(encoding="utf-8"))
-        except FileNotFoundError:
-            raise UserError(f"no vocabulary at {path}; run the vocab stage first: dvc repro vocab") from None
-        vocab = cls(data["level"], data["tokens"], data["lowercase"], data["tokenizer"],
-                    data["newline_is_eos"], data.get("counts", []), data.get("unk_token", UNK))
-        if vocab.hash != data["hash"]:
+            if list(data["tokens"][:2]) != [EOS, UNK]:
+                raise ValueError("it does not start with <eos>, <unk>")
+            vocab = cls(str(data["level"]), list(data["tokens"]), data["lowercase"], data["tokenizer"],
+                        data["newline_is_eos"], data.get("counts", []), data.get("unk_token", UNK))
+            stored = data["hash"]
+        if vocab.hash != stored:
             raise UserError(f"{path} was edited (its hash does not match its content); rebuild it: dvc repro vocab")
         return vocab
 
@@ -189,18 +194,17 @@ class VocabDir:
         return Vocab.load(self.vocab_file)
 
     def ids(self, split: str) -> np.ndarray:
-        try:
-            return np.load(self.split_file(split), allow_pickle=False)
-        except FileNotFoundError:
+        if not self.split_file(split).exists():
             raise UserError(f"no encoded {split} split at {self.split_file(split)}; "
-                            "run the vocab stage first: dvc repro vocab") from None
+                            "run the vocab stage first: dvc repro vocab")
+        with reading(self.split_file(split), FIX):
+            return np.load(self.split_file(split), allow_pickle=False)
 
     def stats(self) -> dict:
-        try:
-            return json.loads((self.path / "stats.json").read_text(encoding="utf-8"))
-        except FileNotFoundError:
-            raise UserError(f"no vocabulary statistics in {self.path}; "
-                            "run the vocab stage first: dvc repro vocab") from None
+        if not (self.path / "stats.json").exists():
+            raise UserError(f"no vocabulary statistics in {self.path}; run the vocab stage first: dvc repro vocab")
+        with reading(self.path / "stats.json", FIX):
+            return dict(json.loads((self.path / "stats.json").read_text(encoding="utf-8")))
 
     def chars_per_token(self, split: str) -> float:
         """Characters of the split's text (separators included) per token: bpc = bits per token / this."""

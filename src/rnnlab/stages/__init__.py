@@ -23,6 +23,7 @@ import io
 import sys
 from typing import Callable
 
+from rnnlab import runtime
 from rnnlab.config import usage
 from rnnlab.errors import UserError, entry_point
 from rnnlab.params import load
@@ -38,6 +39,7 @@ def main(run: Callable[..., object], overrides: bool = False) -> None:
               f"--help\n\n{usage()}")
         return
     quiet = contextlib.redirect_stdout(io.StringIO()) if "--quiet" in sys.argv[1:] else contextlib.nullcontext()
+    runtime.catch_signals()  # SIGTERM / Ctrl-C: one line, exit 128 + signal, the MLflow run KILLED
     with quiet:
         entry_point(lambda: call(run, argv, overrides))()
 

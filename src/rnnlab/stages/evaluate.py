@@ -9,10 +9,11 @@ go to the training's MLflow run. For `corpus=agreement` it adds the agreement pr
 from __future__ import annotations
 
 import json
+import math
 import tempfile
 from pathlib import Path
 
-from rnnlab.files import remove_leftovers, write_json
+from rnnlab.files import reading, remove_leftovers, write_json
 from rnnlab.vocab import VocabDir
 
 READS = ("evaluate", "corpus.source", "corpus.generator", "tracking", "paths.vocab", "paths.train", "paths.samples",
@@ -29,8 +30,10 @@ def run(params) -> dict:
     split = "test" if stats["test"]["tokens"] > 1 else "val"
     scores = scoring.score_stream(model, vocab_dir.ids(split), params.evaluate.batch_size, params.evaluate.bptt,
                                   vocab_dir.chars_per_token(split)) | {"oov_rate": stats[split]["oov_rate"]}
-    samples = json.loads((Path(params.paths.samples) / "samples.json").read_text(encoding="utf-8"))["stats"]
-    result = {"split": split, split: {k: round(v, 6) for k, v in scores.items()}, "samples": samples}
+    with reading(Path(params.paths.samples) / "samples.json", "sample again: dvc repro sample"):
+        samples = dict(json.loads((Path(params.paths.samples) / "samples.json").read_text(encoding="utf-8"))["stats"])
+    finite = {k: round(v, 6) if math.isfinite(v) else None for k, v in scores.items()}  # metrics.json is strict JSON
+    result = {"split": split, split: finite, "samples": samples}
     logged = {f"{split}/{k}": v for k, v in scores.items()} | {f"samples/{k}": v for k, v in samples.items()}
     spec = params.tracking
     with tempfile.TemporaryDirectory() as tmp:

@@ -1,0 +1,94 @@
+"""Signals: SIGTERM (SLURM's preemption and time-out) and SIGINT (Ctrl-C) end a stage with one line,
+exit status 128 + signal, the MLflow run KILLED and the last checkpoint kept; `dvc repro` then resumes to
+the numbers of an uninterrupted run (through the real stage script)."""
+
+from __future__ import annotations
+
+import os
+import signal
+import sqlite3
+import subprocess
+import time
+
+import pytest
+
+from conftest import BIN, TINY, run
+from rnnlab import runtime
+from rnnlab.errors import Stopped, entry_point
+
+
+@pytest.fixture
+def own_handlers():
+    saved = {s: signal.getsignal(s) for s in (signal.SIGTERM, signal.SIGINT)}
+    yield
+    for s, handler in saved.items():
+        signal.signal(s, handler)
+
+
+def test_a_signal_raises_stopped_and_the_entry_point_exits_128_plus_it(own_handlers, capsys):
+    runtime.catch_signals()
+    with pytest.raises(Stopped) as err:
+        os.kill(os.getpid(), signal.SIGTERM)
+        time.sleep(1)  # the handler runs at the next bytecode
+    assert err.value.exit_status == 143
+
+    @entry_point
+    def stage() -> None:
+        os.kill(os.getpid(), signal.SIGINT)
+        time.sleep(1)
+
+    with pytest.raises(SystemExit) as done:
+        stage()
+    assert done.value.code == 130
+    assert capsys.readouterr().err.startswith("error: stopped by SIGINT; the last checkpoint, if any, is kept")
+
+
+def test_while_deferred_sigterm_is_recorded_for_lightning_to_stop_at_the_batch_end(own_handlers):
+    runtime.catch_signals()
+    with runtime.signals_deferred():
+        os.kill(os.getpid(), signal.SIGTERM)  # only recorded: Lightning's handler raises at the batch end
+        time.sleep(0.1)
+    assert runtime.stopped(SystemExit()).exit_status == 143  # what Lightning's SIGTERMException becomes
+    runtime.catch_signals()
+    other = SystemExit(3)
+    assert runtime.stopped(other) is other  # no signal: an exit stays what it was
+
+
+def statuses(project) -> list[str]:
+    return [s for (s,) in sqlite3.connect(project / "mlflow.db").execute("select status from runs")]
+
+
+def train_csvs(project) -> dict[str, str]:
+    out = project / "data" / "train"
+    return {name: (out / name).read_text() for name in ("metrics.json", "val.csv", "loss.csv", "grad_norm.csv")}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
+def test_a_signal_stops_the_train_stage_and_dvc_repro_resumes_bit_exactly(project, tmp_path, sig):
+    run(["python", "-m", "rnnlab.config", *TINY, "trainer.max_steps=400", "trainer.val_check_interval=40",
+         "gradstats.samples=0"], project)
+    reference = tmp_path / "reference"
+    run(["cp", "-a", str(project), str(reference)], tmp_path)
+    run(["dvc", "repro", "train"], reference)
+    run(["dvc", "repro", "vocab"], project)
+
+    env = {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}"}
+    proc = subprocess.Popen(["python", "pipeline/train.py"], cwd=project, env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    last = project / "data" / "train" / "checkpoints" / "last.ckpt"
+    deadline = time.time() + 180
+    while not last.exists() and time.time() < deadline and proc.poll() is None:
+        time.sleep(0.02)
+    proc.send_signal(sig)
+    out, err = proc.communicate(timeout=180)
+    assert proc.returncode == 128 + sig, (proc.returncode, err[-2000:])
+    assert [line for line in err.splitlines() if line.startswith("error:")] == [
+        f"error: stopped by {sig.name}; the last checkpoint, if any, is kept: run `dvc repro` (or the same "
+        "command) again to resume"], err[-2000:]
+    assert "Traceback" not in err and not (project / "data" / "train" / "metrics.json").exists(), "stopped too late"
+    assert statuses(project) == ["KILLED"]
+
+    resumed = run(["dvc", "repro", "train"], project).stdout
+    assert "resuming the interrupted training" in resumed
+    assert train_csvs(project) == train_csvs(reference)  # to the last digit
