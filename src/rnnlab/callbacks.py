@@ -30,7 +30,7 @@ from rnnlab.scoring import batchify
 from rnnlab.vocab import Vocab, VocabDir
 
 
-def diagnostics(vocab_dir: VocabDir, spec: GradStatsSpec, sampling: SampleSpec) -> dict[str, Callback]:
+def diagnostics(vocab: Vocab, vocab_dir: VocabDir, spec: GradStatsSpec, sampling: SampleSpec) -> dict[str, Callback]:
     """The diagnostic callbacks the `gradstats` section switches on (0 turns one off); validation samples
     are drawn as the `sample` section says (temperature, top-k/p, <unk> policy, prime)."""
     found = {}
@@ -40,7 +40,7 @@ def diagnostics(vocab_dir: VocabDir, spec: GradStatsSpec, sampling: SampleSpec) 
     if window is not None:
         found["gtt"] = GradientThroughTime(window)
     if spec.samples > 0:
-        found["samples"] = ValidationSamples(vocab_dir.vocab(), replace(sampling, num_samples=spec.samples,
+        found["samples"] = ValidationSamples(vocab, replace(sampling, num_samples=spec.samples,
                                                                         max_length=spec.sample_length))
     return found
 

@@ -21,7 +21,6 @@ from typing import Any
 from rnnlab import params as params_mod
 from rnnlab.errors import UserError, entry_point
 from rnnlab.files import write_json
-from rnnlab.params import Params
 
 PARAMS = Path("params.yaml")
 CONF_DIR = Path("conf")
@@ -32,7 +31,7 @@ def group_options(group: str, conf_dir: Path = CONF_DIR) -> list[str]:
     return sorted(p.stem for p in (conf_dir / group).glob("*.yaml"))
 
 
-def compose(overrides: list[str] = (), conf_dir: Path = CONF_DIR) -> Params:
+def compose(overrides: list[str] = (), conf_dir: Path = CONF_DIR) -> params_mod.Params:
     """conf/ composed with Hydra overrides (as DVC does), checked: the `Params` a stage would load."""
     from omegaconf import OmegaConf
 
@@ -64,7 +63,7 @@ def compose_config(overrides: list[str] = (), conf_dir: Path = CONF_DIR):
 
 
 @functools.lru_cache(maxsize=8)
-def defaults(conf_dir: Path = CONF_DIR, overrides: tuple[str, ...] = ()) -> Params:
+def defaults(conf_dir: Path = CONF_DIR, overrides: tuple[str, ...] = ()) -> params_mod.Params:
     """conf/'s default composition (cached): where a test or a benchmark takes the values it does not change."""
     return compose(list(overrides), conf_dir)
 
@@ -77,7 +76,7 @@ def spec(key: str, conf_dir: Path = CONF_DIR, **changes: Any) -> Any:
     return dataclasses.replace(getattr(defaults(Path(conf_dir)), key), **changes)
 
 
-def check_overrides(overrides: list[str], conf_dir: Path = CONF_DIR) -> Params:
+def check_overrides(overrides: list[str], conf_dir: Path = CONF_DIR) -> params_mod.Params:
     """Check sweep overrides (`model=rnn,gru`, `trainer.gradient_clip_val=0,1`) before any job starts:
     every group option and key must exist; errors are one line (see `compose`). Returns the config of
     the first job."""

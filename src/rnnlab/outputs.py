@@ -67,11 +67,11 @@ def write_history(out: Path, history: dict, grad_rows: list, curves: list, title
                                     out / "plots" / "gradient_through_time.png", f"Gradient through time — {title}")
 
 
-def write(out: Path, model, vocab_dir: VocabDir, meta: dict, history: dict, grad_rows: list, curves: list,
+def write(out: Path, model, vocab, meta: dict, history: dict, grad_rows: list, curves: list,
           title: str) -> dict:
     """Every output of a finished training (the model last but one, metrics.json last); returns the metrics."""
     metrics = final_metrics(meta["step"], history, grad_rows, curves)
-    trained_model.save(out / "model", model, vocab_dir.vocab(), meta | {"metrics": metrics})
+    trained_model.save(out / "model", model, vocab, meta | {"metrics": metrics})
     write_history(out, history, grad_rows, curves, title)
     write_json(out / "metrics.json", metrics)
     return metrics

@@ -65,7 +65,7 @@ def fit(params: Params, logged: dict, logger, resume: Path | None, extra_callbac
     lit = LitLM(len(vocab), vocab.hash, params.model, params.optim, vocab_dir.chars_per_token("val"))
     best = ModelCheckpoint(dirpath=out / "checkpoints", filename="best", monitor="val/loss", mode="min",
                            save_top_k=1, save_last=True, auto_insert_metric_name=False, enable_version_counter=False)
-    watching = callbacks.diagnostics(vocab_dir, params.gradstats, params.sample)
+    watching = callbacks.diagnostics(vocab, vocab_dir, params.gradstats, params.sample)
     tty = sys.stdout.isatty()
     trainer = pl.Trainer(**params.trainer.kwargs(), logger=logger or False,
                          callbacks=[best, callbacks.FinalValidation(), RichProgressBar() if tty else callbacks.LinePrinter(),
@@ -83,6 +83,6 @@ def fit(params: Params, logged: dict, logger, resume: Path | None, extra_callbac
     grad_rows = watching["grad"].rows if "grad" in watching else []
     curves = watching["gtt"].curves if "gtt" in watching else []
     title = f"{params.model.cell}, clip {params.trainer.kwargs()['gradient_clip_val']}"
-    metrics = outputs.write(out, lit.model, vocab_dir, meta, lit.history, grad_rows, curves, title)
+    metrics = outputs.write(out, lit.model, vocab, meta, lit.history, grad_rows, curves, title)
     outputs.log(logger, out, vocab_dir, logged, metrics, lit.train_seconds())
     return metrics
