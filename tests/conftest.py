@@ -65,9 +65,9 @@ def fresh_mlflow_db(tmp_path: Path, migrated_mlflow_db: Path) -> Path:
 @pytest.fixture
 def vocab_dir(tmp_path: Path, fresh_mlflow_db) -> Path:
     """The vocab stage's folder for TINY_TEXT (char level), and an empty MLflow store at tmp_path/mlflow.db."""
-    from rnnlab import corpus, vocab
+    from rnnlab import splits, vocab
 
-    texts = corpus.split(TINY_TEXT * 3, conf_spec("corpus", source="file", path="x"))
+    texts = splits.split(TINY_TEXT * 3, conf_spec("corpus", source="file", path="x"))
     vocab.build_and_encode(texts, conf_spec("vocab", level="char"), False, tmp_path / "vocab")
     return tmp_path / "vocab"
 

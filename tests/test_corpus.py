@@ -2,14 +2,19 @@
 
 from __future__ import annotations
 
+import errno
+import os
+import random
+import shutil
+import tracemalloc
 from pathlib import Path
 
 import pytest
 
 from conftest import SHARED_CORPORA, TINY_TEXT, conf_spec
-from rnnlab import corpus
+from rnnlab import corpus, shakespeare
 from rnnlab.errors import UserError
-from rnnlab.files import sha256_bytes
+from rnnlab.files import sha256_bytes, sha256_file
 
 
 def prepare(tmp_path: Path, **kw) -> dict:
@@ -22,7 +27,7 @@ def test_markdown_play_becomes_speaker_verse_blank_line():
         "When shall we three meet again  \nIn thunder, _\\[Aside]_ or in rain?\n\n_Exeunt_\n\n"
         "Who comes here\\--now?\n"
     )
-    assert corpus.markdown_play_to_text(md) == (
+    assert shakespeare.markdown_play_to_text(md) == (
         "First Witch:\nWhen shall we three meet again\nIn thunder,  or in rain?\n\n"
         "First Witch:\nWho comes here--now?\n"
     )
@@ -254,3 +259,189 @@ def test_tar_archive_members_and_a_missing_member(tmp_path):
     assert (tmp_path / "raw" / "corpus" / "c" / "val.txt").read_text() == SPLIT_TEXTS["val"]
     with pytest.raises(UserError, match="corpus.tar.gz has no member 'c/nope.txt'; it holds: c/train.txt"):
         prepare(tmp_path, source="url", url=archive.as_uri(), sha256=sha, members=members | {"val": "c/nope.txt"})
+
+
+# --- streaming reads: max_chars bounds memory, the outputs stay those of the whole file ----------------
+
+# Pieces that test every place a cut could go wrong: "\r\n" and "\r", blank and space-only lines, 2-, 3- and
+# 4-byte characters, combining marks alone and after a base (NFC composes and reorders them), Hangul jamo
+# that compose, a compatibility ligature (NFKC), final sigma and a case-ignorable "'" (lowercase).
+PIECES = ["the", "cat", " ", " ", "\n", "\n", "\r\n", "\r", "\n\n", " \n", "é", "€", "𝄞", "e\u0301", "\u0301",
+          "\u0323\u0301", "\u1100\u1161", "\u1161", "ﬁ", "ΟΔΟΣ", "Σ", "Σ'", "İ", "\t"]
+
+
+def random_texts(rng, count: int) -> list[str]:
+    return ["".join(rng.choice(PIECES) for _ in range(rng.randrange(0, 500))) for _ in range(count)]
+
+
+def prepared(tmp_path: Path, spec) -> tuple[dict, dict] | str:
+    """What `prepare` writes (stats, split file bytes), or its one-line error."""
+    out = tmp_path / "out"
+    shutil.rmtree(out, ignore_errors=True)
+    try:
+        stats = corpus.prepare(spec, out, tmp_path / "raw")
+    except UserError as err:
+        return str(err)
+    return stats, {name: (out / f"{name}.txt").read_bytes() for name in corpus.SPLITS}
+
+
+@pytest.mark.parametrize("kw", [
+    {},
+    {"format": "lines"},
+    {"normalize": "NFKC", "lowercase": True},
+    {"format": "lines", "normalize": "NFD", "lowercase": True},
+    {"encoding": "bytes", "normalize": "none"},
+    {"presplit": True, "normalize": "NFC", "lowercase": True},
+])
+def test_max_chars_reads_a_prefix_and_writes_what_the_whole_file_gives(tmp_path, monkeypatch, kw):
+    monkeypatch.setattr(corpus, "CHUNK", 7)  # multi-byte characters cut between blocks
+    rng = random.Random(str(kw))
+    kw = dict(kw)
+    presplit, shorter, cases = kw.pop("presplit", False), 0, 0
+    for trial in range(12):
+        texts = random_texts(rng, rng.randrange(1, 4))
+        paths = [tmp_path / f"in{trial}_{i}.txt" for i in range(len(texts))]
+        for path, text in zip(paths, texts):
+            path.write_bytes(text.encode())
+        where = ({"splits": {"train": [str(p) for p in paths], "val": str(paths[0])}} if presplit
+                 else {"path": [str(p) for p in paths]})
+        for max_chars in (30, 97, 400):
+            spec = conf_spec("corpus", source="file", max_chars=max_chars, val_frac=0.2, test_frac=0.2, **where, **kw)
+            monkeypatch.setattr(corpus, "MARGIN", 0)  # look early and often: every cut position gets tried
+            got, (text, sha) = prepared(tmp_path, spec), corpus.read_files(spec, tmp_path / "raw")
+            monkeypatch.setattr(corpus, "MARGIN", 10**12)  # never look: the files are read whole
+            assert got == prepared(tmp_path, spec)
+            whole = ("".join(t.encode().decode("latin-1") for t in texts) if "encoding" in kw
+                     else "".join(t if t.endswith("\n") or not t else t + "\n" for t in texts))
+            if not presplit:  # an oracle without the reader: the whole text, cleaned at once
+                assert whole.startswith(text) and corpus.clean(text, spec) == corpus.clean(whole, spec)
+                assert sha == sha256_bytes(b"".join(t.encode() for t in texts))
+                shorter, cases = shorter + (len(text) < len(whole)), cases + 1
+    assert shorter >= cases // 4  # many reads stopped early
+
+
+def test_max_chars_bounds_the_memory_a_large_file_needs(tmp_path):
+    big = tmp_path / "big.txt"
+    line = "the cat , which ate the fish , was full .\n".encode()
+    with open(big, "wb") as fh:
+        for _ in range(60):  # 60 MB
+            fh.write(line * (2**20 // len(line)))
+    spec = conf_spec("corpus", source="file", path=str(big), max_chars=10_000)
+    tracemalloc.start()
+    try:
+        stats = corpus.prepare(spec, tmp_path / "out", tmp_path / "raw")
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert stats["chars"]["total"] == 10_000 and stats["input_sha256"] == sha256_file(big)
+    assert peak < 4 * 2**20  # reading the file whole: over 120 MB (its bytes and its text)
+
+
+def test_the_utf8_checks_still_cover_the_whole_file(tmp_path, monkeypatch):
+    monkeypatch.setattr(corpus, "CHUNK", 5)
+    path = tmp_path / "late.txt"
+    for tail, message in [(b"caf\xc3", "byte 0xc3 at byte offset 1003"), (b"\xe2\x82", "byte 0xe2 at byte offset 1000"),
+                          (b"ok\xff \x00", r"NUL byte at byte offset 1004")]:
+        path.write_bytes(b"word " * 200 + tail)
+        with pytest.raises(UserError, match=message.replace("(", r"\(")):
+            prepare(tmp_path, source="file", path=str(path), max_chars=20)
+
+
+# --- unreadable inputs, unwritable outputs: one line each ---------------------------------------------
+
+
+def deny_open(monkeypatch, denied: Path, error: OSError) -> None:
+    """Make `open` of `denied` raise `error` (as it would for a file without read permission, even as root)."""
+    real_open = open
+
+    def fake_open(file, *args, **kwargs):
+        if isinstance(file, (str, Path)) and Path(file) == denied:
+            raise error
+        return real_open(file, *args, **kwargs)
+
+    monkeypatch.setattr("builtins.open", fake_open)
+
+
+@pytest.mark.parametrize("error, why", [
+    (PermissionError(errno.EACCES, "Permission denied"), "Permission denied"),
+    (IsADirectoryError(errno.EISDIR, "Is a directory"), "Is a directory"),
+    (OSError(errno.EIO, "Input/output error"), "Input/output error"),
+])
+def test_an_unreadable_corpus_file_is_one_line(tiny_file, tmp_path, monkeypatch, error, why):
+    deny_open(monkeypatch, tiny_file, error)
+    with pytest.raises(UserError) as err:
+        prepare(tmp_path, source="file", path=str(tiny_file), max_chars=1000)
+    assert str(err.value) == (f"cannot read {tiny_file} ({why}); "
+                              "check its permissions, or point corpus.path at a readable file")
+    assert not (tmp_path / "out").exists()
+
+
+def test_a_folder_read_as_a_corpus_file_is_one_line(tmp_path):
+    spec = conf_spec("corpus", source="file", path="x")
+    with pytest.raises(UserError, match=f"cannot read {tmp_path} \\(Is a directory\\); check its permissions"):
+        corpus.read_inputs({"train": [corpus.Input(tmp_path, str(tmp_path), "check its permissions")]}, spec)
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root reads a file whatever its permissions")
+def test_a_corpus_file_without_read_permission_is_one_line(tiny_file, tmp_path):
+    tiny_file.chmod(0)
+    with pytest.raises(UserError, match=f"cannot read {tiny_file} \\(Permission denied\\); check its permissions"):
+        prepare(tmp_path, source="file", path=str(tiny_file))
+
+
+def test_a_file_where_the_output_folder_should_be_is_one_line(tmp_path):
+    from conftest import tiny_params
+    from rnnlab.stages import prepare as prepare_stage
+
+    blocker = tmp_path / "blocker"
+    blocker.write_text("a file, not a folder\n")
+    for prepared_dir in (blocker / "prepared", blocker):  # mkdir fails: NotADirectoryError, FileExistsError
+        with pytest.raises(UserError) as err:
+            prepare_stage.run(tiny_params(tmp_path, f"paths.prepared={prepared_dir}"))
+        why = "Not a directory" if prepared_dir != blocker else "File exists"
+        assert str(err.value) == (f"cannot write {prepared_dir / 'train.txt'}: {why}; {blocker} is a file, not a "
+                                  "folder: move it, or choose another folder with the paths.* key that names this one")
+    assert blocker.read_text() == "a file, not a folder\n"
+
+
+@pytest.mark.parametrize("code, why, fix", [
+    (errno.EACCES, "Permission denied", "make {folder} writable, or choose another folder with the paths.* key"),
+    (errno.EROFS, "Read-only file system", "make {folder} writable, or choose another folder with the paths.* key"),
+    (errno.ENOSPC, "No space left on device", "free some space and run again (the previous version of the file"),
+])
+def test_an_unwritable_output_is_one_line_and_leaves_no_temporary_file(tmp_path, monkeypatch, code, why, fix):
+    from conftest import tiny_params
+    from rnnlab.stages import prepare as prepare_stage
+
+    params = tiny_params(tmp_path)
+    folder = tmp_path / "data" / "prepared"
+
+    def refuse(src, dst):
+        raise OSError(code, why)
+
+    monkeypatch.setattr(os, "replace", refuse)
+    with pytest.raises(UserError) as err:
+        prepare_stage.run(params)
+    assert str(err.value).startswith(f"cannot write {folder / 'train.txt'}: {why}; {fix.format(folder=folder)}")
+    assert "\n" not in str(err.value) and list(folder.iterdir()) == []
+
+
+def test_a_folder_in_place_of_the_output_file_is_one_line(tmp_path):
+    from rnnlab.files import write_text
+
+    (tmp_path / "stats.json").mkdir()
+    with pytest.raises(UserError, match=r"stats\.json: Is a directory; .*stats\.json is a folder: move it"):
+        write_text(tmp_path / "stats.json", "{}\n")
+    assert [p.name for p in tmp_path.iterdir()] == ["stats.json"]
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root writes into a folder whatever its permissions")
+def test_a_read_only_output_folder_is_one_line(tmp_path):
+    from conftest import tiny_params
+    from rnnlab.stages import prepare as prepare_stage
+
+    folder = tmp_path / "data" / "prepared"
+    folder.mkdir(parents=True)
+    folder.chmod(0o555)
+    with pytest.raises(UserError, match=f"cannot write {folder / 'train.txt'}: Permission denied; make {folder} writable"):
+        prepare_stage.run(tiny_params(tmp_path))

@@ -26,7 +26,7 @@ from pathlib import Path
 import pytest
 
 from conftest import REPO, TINY_TEXT, conf_spec
-from rnnlab import corpus, vocab
+from rnnlab import splits, vocab
 from test_training import run_training, tiny_job
 
 CHROMIUM = Path("/usr/bin/chromium")
@@ -174,7 +174,7 @@ def test_users_browse_the_training_run_in_the_mlflow_ui(chromium, mlflow_server,
                                                      request):
     url = mlflow_server
     # 1. Train a tiny model, logging through the server (metrics by REST, artifacts uploaded through the proxy).
-    texts = corpus.split(TINY_TEXT * 3, conf_spec("corpus", source="file", path="x"))
+    texts = splits.split(TINY_TEXT * 3, conf_spec("corpus", source="file", path="x"))
     vocab.build_and_encode(texts, conf_spec("vocab", level="char"), False, tmp_path / "vocab")
     job = tiny_job(tmp_path / "vocab", tmp_path)
     job.tracking = conf_spec("tracking", uri=url)

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from conftest import REPO, conf_spec
-from rnnlab import config, corpus, vocab
+from rnnlab import config, corpus, downloads, vocab
 from rnnlab.errors import UserError
 from rnnlab.files import sha256_file
 
@@ -134,10 +134,10 @@ def test_a_cached_file_with_the_right_checksum_is_not_downloaded_again(tmp_path,
     prepare(tmp_path, *overrides)
     assert cached.read_bytes() == original
 
-    def no_download(url):
+    def no_download(url, *rest):
         raise AssertionError(f"downloaded {url} again")
 
-    monkeypatch.setattr(corpus, "download", no_download)
+    monkeypatch.setattr(downloads, "download", no_download)
     archive.unlink()
     prepare(tmp_path, *overrides)  # the cached copy is used
     monkeypatch.undo()

@@ -1,9 +1,11 @@
-"""Signals: SIGTERM (SLURM's preemption and time-out) and SIGINT (Ctrl-C) end a stage with one line,
-exit status 128 + signal, the MLflow run KILLED and the last checkpoint kept; `dvc repro` then resumes to
-the numbers of an uninterrupted run (through the real stage script)."""
+"""Signals: SIGTERM (SLURM's preemption and time-out), SIGINT (Ctrl-C) and SIGUSR1 (outside SLURM) end a
+stage with one line, exit status 128 + signal, the MLflow run KILLED and the last checkpoint kept; `dvc
+repro` then resumes to the numbers of an uninterrupted run (through the real stage script). Under SLURM,
+SIGUSR1 is Lightning's requeue signal: a checkpoint, `scontrol requeue`, and the requeued job resumes."""
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import sqlite3
@@ -19,7 +21,7 @@ from rnnlab.errors import Stopped, entry_point
 
 @pytest.fixture
 def own_handlers():
-    saved = {s: signal.getsignal(s) for s in (signal.SIGTERM, signal.SIGINT)}
+    saved = {s: signal.getsignal(s) for s in runtime.SIGNALS}
     yield
     for s, handler in saved.items():
         signal.signal(s, handler)
@@ -41,6 +43,11 @@ def test_a_signal_raises_stopped_and_the_entry_point_exits_128_plus_it(own_handl
         stage()
     assert done.value.code == 130
     assert capsys.readouterr().err.startswith("error: stopped by SIGINT; the last checkpoint, if any, is kept")
+
+    with pytest.raises(Stopped) as err:  # its default action ends a process without a word
+        os.kill(os.getpid(), signal.SIGUSR1)
+        time.sleep(1)
+    assert err.value.exit_status == 138
 
 
 def test_while_deferred_sigterm_is_recorded_for_lightning_to_stop_at_the_batch_end(own_handlers):
@@ -64,7 +71,7 @@ def train_csvs(project) -> dict[str, str]:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT, signal.SIGUSR1], ids=["SIGTERM", "SIGINT", "SIGUSR1"])
 def test_a_signal_stops_the_train_stage_and_dvc_repro_resumes_bit_exactly(project, tmp_path, sig):
     run(["python", "-m", "rnnlab.config", *TINY, "trainer.max_steps=400", "trainer.val_check_interval=40",
          "gradstats.samples=0"], project)
@@ -92,3 +99,39 @@ def test_a_signal_stops_the_train_stage_and_dvc_repro_resumes_bit_exactly(projec
     resumed = run(["dvc", "repro", "train"], project).stdout
     assert "resuming the interrupted training" in resumed
     assert train_csvs(project) == train_csvs(reference)  # to the last digit
+
+
+@pytest.mark.slow
+def test_slurm_requeue_signal_saves_a_checkpoint_requeues_and_the_next_run_resumes_from_it(project, tmp_path):
+    """SIGUSR1 under SLURM (`#SBATCH --signal=USR1@120`): Lightning's SLURMEnvironment saves hpc_ckpt_1.ckpt
+    and calls `scontrol requeue <job>` (here a stand-in that logs its arguments and, as SLURM does, ends
+    the job with SIGTERM); the requeued job (`dvc repro`) resumes from that checkpoint."""
+    run(["python", "-m", "rnnlab.config", *TINY, "trainer.max_steps=400", "trainer.val_check_interval=40",
+         "gradstats.samples=0"], project)
+    run(["dvc", "repro", "vocab"], project)
+    fake_bin, log = tmp_path / "slurm-bin", tmp_path / "scontrol.log"
+    fake_bin.mkdir()
+    (fake_bin / "scontrol").write_text(f'#!/bin/sh\necho "$@" >> {log}\nkill -TERM $PPID\n')
+    (fake_bin / "scontrol").chmod(0o755)
+    slurm = {"SLURM_NTASKS": "1", "SLURM_JOB_ID": "4242", "SLURM_JOB_NAME": "train", "SLURM_PROCID": "0",
+             "SLURM_LOCALID": "0", "SLURM_NODEID": "0", "SLURM_NODELIST": "localhost"}
+    env = {**os.environ, **slurm, "PATH": f"{fake_bin}{os.pathsep}{BIN}{os.pathsep}{os.environ['PATH']}"}
+    proc = subprocess.Popen(["python", "pipeline/train.py"], cwd=project, env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    ckpts = project / "data" / "train" / "checkpoints"
+    deadline = time.time() + 180
+    while not (ckpts / "last.ckpt").exists() and time.time() < deadline and proc.poll() is None:
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGUSR1)
+    out, err = proc.communicate(timeout=180)
+    assert proc.returncode == 143, (proc.returncode, err[-2000:])  # SIGTERM from the requeue
+    assert [line for line in err.splitlines() if line.startswith("error:")] == [
+        "error: stopped by SIGTERM; the last checkpoint, if any, is kept: run `dvc repro` (or the same "
+        "command) again to resume"], err[-2000:]
+    assert log.read_text().split() == ["requeue", "4242"]
+    assert (ckpts / "hpc_ckpt_1.ckpt").exists() and statuses(project) == ["KILLED"]
+
+    resumed = run(["dvc", "repro", "train"], project).stdout  # the requeued job
+    assert "resuming the interrupted training from data/train/checkpoints/hpc_ckpt_1.ckpt" in resumed
+    assert json.loads((project / "data" / "train" / "metrics.json").read_text())["step"] == 400
+    assert statuses(project) == ["FINISHED"]

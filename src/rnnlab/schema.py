@@ -73,7 +73,7 @@ class CorpusSpec:
     @property
     def split_inputs(self) -> dict:
         """A pre-split corpus's inputs, split -> value (from corpus.splits, or corpus.members as a mapping);
-        {} for a single text that `corpus.split` divides."""
+        {} for a single text that `splits.split` divides."""
         for given in (self.splits, self.members):
             if isinstance(given, dict) and any(v is not None for v in given.values()):
                 return {name: value for name, value in given.items() if value is not None}

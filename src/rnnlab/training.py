@@ -70,7 +70,8 @@ def fit(params: Params, logged: dict, logger, resume: Path | None, extra_callbac
     trainer = pl.Trainer(**params.trainer.kwargs(), logger=logger or False,
                          callbacks=[best, callbacks.FinalValidation(), RichProgressBar() if tty else callbacks.LinePrinter(),
                                     *watching.values(), *extra_callbacks],
-                         plugins=[checkpoints.AtomicCheckpointIO()], enable_progress_bar=tty, default_root_dir=out,
+                         plugins=[checkpoints.AtomicCheckpointIO()], enable_progress_bar=tty,
+                         default_root_dir=out / "checkpoints",  # where SLURM's requeue checkpoint goes
                          inference_mode=False, num_sanity_val_steps=0, enable_model_summary=False,
                          use_distributed_sampler=False)  # DDP: each process walks its own streams (data.py)
     trainer.fit(lit, data, ckpt_path=resume, weights_only=True)

@@ -14,12 +14,18 @@ Each stage module declares the params keys it reads in `READS`, which dvc.yaml's
 stage must equal (tests/test_dvc_deps.py), so DVC reruns a stage exactly when one of them changes.
 A stage module imports only what its stage runs, so each stage's `deps:` in dvc.yaml can list exactly
 its modules (tests/test_dvc_deps.py checks them against the import closure).
+
+DVC removes a stage's outputs before running it. The `params` stage runs first and checks what it can
+(rnnlab.preflight); a stage that still fails under DVC (DVC_STAGE set) adds to its one-line error the
+commands that bring the previous outputs back: `dvc checkout <stage>`, and `git checkout -- <files>` for
+those DVC does not cache, which each stage module declares in `UNCACHED` (as dvc.yaml's `cache: false`).
 """
 
 from __future__ import annotations
 
 import contextlib
 import io
+import os
 import sys
 from typing import Callable
 
@@ -48,4 +54,18 @@ def call(run: Callable[..., object], argv: list[str], overrides: bool) -> object
     if argv and not overrides:
         raise UserError(f"{argv[0]!r}: this stage takes no arguments, it reads params.yaml; change that with "
                         "`python -m rnnlab.config key=value` (or `dvc exp run -S key=value`), see --help")
-    return run(load(), argv) if overrides else run(load())
+    params = load()
+    try:
+        return run(params, argv) if overrides else run(params)
+    except UserError as err:
+        raise UserError(f"{err}{restore_hint(sys.modules[run.__module__], params)}") from None
+
+
+def restore_hint(stage, params) -> str:
+    """Under `dvc repro`, how to bring back the outputs DVC removed before this stage failed ("" elsewhere)."""
+    name = stage.__name__.rsplit(".", 1)[-1]
+    if os.environ.get("DVC_STAGE") != name or not hasattr(stage, "UNCACHED"):
+        return ""
+    files = " ".join(entry.format(paths=params.paths) for entry in stage.UNCACHED)
+    return (f" (DVC removed the stage's previous outputs before it ran: `dvc checkout {name}` brings them back"
+            + (f", `git checkout -- {files}` the metrics it does not cache, if committed)" if files else ")"))

@@ -18,6 +18,8 @@ from rnnlab.vocab import VocabDir
 
 READS = ("evaluate", "corpus.source", "corpus.generator", "tracking", "paths.vocab", "paths.train", "paths.samples",
          "paths.eval")
+# Outputs DVC does not cache (dvc.yaml `cache: false`): only git brings them back after a failed run
+UNCACHED = ("{paths.eval}/metrics.json",)
 
 
 def run(params) -> dict:

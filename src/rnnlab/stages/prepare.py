@@ -6,6 +6,8 @@ from rnnlab import corpus
 from rnnlab.files import remove_leftovers
 
 READS = ("corpus", "paths.prepared", "paths.raw")
+# Outputs DVC does not cache (dvc.yaml `cache: false`): only git brings them back after a failed run
+UNCACHED = ("{paths.prepared}/stats.json",)
 
 
 def run(params) -> dict:

@@ -13,6 +13,8 @@ from rnnlab.files import remove_leftovers
 from rnnlab.params import with_overrides
 
 READS = ("sample", "corpus.format", "tracking", "paths.vocab", "paths.prepared", "paths.train", "paths.samples")
+# Outputs DVC does not cache (dvc.yaml `cache: false`): only git brings them back after a failed run
+UNCACHED = ()
 
 SHOWN, SHOWN_CHARS = 2, 120  # samples printed by the stage (all of them go to samples.txt and MLflow)
 

@@ -7,23 +7,33 @@ equal), so DVC reruns the training exactly when one of them changes.
 
 from __future__ import annotations
 
+from rnnlab import preflight
 from rnnlab.errors import UserError
 
 # sample.*: the samples logged at each validation are drawn as the sample stage draws them
 READS = ("model", "optim", "data", "trainer", "gradstats", "tracking", "seed", "threads", "callbacks", "corpus", "vocab",
          "sample.temperature", "sample.top_k", "sample.top_p", "sample.greedy", "sample.prime", "sample.unk",
          "paths.vocab", "paths.train")
+# Outputs DVC does not cache (dvc.yaml `cache: false`): only git brings them back after a failed run
+UNCACHED = ("{paths.train}/metrics.json", "{paths.train}/loss.csv", "{paths.train}/val.csv",
+            "{paths.train}/grad_norm.csv", "{paths.train}/gtt.csv")
 
 
 def run(params) -> dict:
+    preflight.devices(params)  # also checked by the params stage; here too for `python pipeline/train.py`
+    preflight.topology(params)
     from rnnlab import training  # heavy imports (torch, lightning, mlflow) after the cheap checks
 
     metrics = training.train(params, READS, user_callbacks(params.callbacks))
     if not metrics:  # a further process of a data-parallel (DDP) run: process 0 reports
         return metrics
-    print(f"trained {metrics['step']} steps: best validation {metrics.get('val_loss')} nats/token "
-          f"(ppl {metrics.get('val_ppl')}, {metrics.get('val_bpc')} bits/char) at step {metrics.get('best_step')}, "
-          f"last {metrics.get('last_val_loss')}; clip fraction {metrics.get('clip_fraction')}; "
+    if metrics.get("val_loss") is None:  # trainer.limit_val_batches=0
+        validation = "no validation (trainer.limit_val_batches=0), so the model is the last step's"
+    else:
+        validation = (f"best validation {metrics['val_loss']} nats/token (ppl {metrics.get('val_ppl')}, "
+                      f"{metrics.get('val_bpc')} bits/char) at step {metrics.get('best_step')}, "
+                      f"last {metrics.get('last_val_loss')}")
+    print(f"trained {metrics['step']} steps: {validation}; clip fraction {metrics.get('clip_fraction')}; "
           f"model, metrics and plots in {params.paths.train}")
     return metrics
 
