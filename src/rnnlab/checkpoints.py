@@ -47,7 +47,10 @@ def readable(path: Path) -> str | None:
         return "missing"
     except (RuntimeError, EOFError, OSError, ValueError, pickle.UnpicklingError) as err:
         return (str(err).strip().splitlines() or [type(err).__name__])[0][:120]
-    return None if isinstance(ckpt, dict) and "rnnlab" in ckpt else "not a checkpoint of this rnnlab version"
+    shapes = {"rnnlab": dict, "state_dict": dict, "loops": dict, "optimizer_states": list, "callbacks": dict,
+              "pytorch-lightning_version": str, "global_step": int, "epoch": int}
+    ok = isinstance(ckpt, dict) and all(isinstance(ckpt.get(key), kind) for key, kind in shapes.items())
+    return None if ok else "not a checkpoint of this rnnlab version"
 
 
 def resume_point(ckpt_dir: Path, phash: str, clean: bool = True) -> tuple[Path, str] | None:
@@ -59,6 +62,9 @@ def resume_point(ckpt_dir: Path, phash: str, clean: bool = True) -> tuple[Path, 
         state = None
     except (json.JSONDecodeError, UnicodeDecodeError, OSError) as err:
         print(f"note: {ckpt_dir / 'run.json'} cannot be read ({err}); starting afresh", file=sys.stderr)
+        state = None
+    if state is not None and not (isinstance(state, dict) and isinstance(state.get("params_hash"), str)):
+        print(f"note: {ckpt_dir / 'run.json'} is not what rnnlab writes; starting afresh", file=sys.stderr)
         state = None
     if state and state.get("params_hash") == phash and not state.get("complete"):
         for path in candidates(ckpt_dir):

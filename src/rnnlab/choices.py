@@ -24,3 +24,8 @@ SCHEDULES = ("none", "plateau", "step")
 UNK_POLICIES = ("allow", "reject")
 CLIP_ALGORITHMS = ("norm", "value")
 FILLERS = ("random", "passage")
+# trainer.*: what Lightning accepts (its _PRECISION_INPUT, accelerator and strategy names) that runs here
+PRECISIONS = ("32-true", "32", 32, "16-mixed", "16", 16, "bf16-mixed", "bf16", "16-true", "bf16-true", "64-true",
+              "64", 64)
+ACCELERATORS = ("auto", "cpu", "gpu", "cuda", "mps")
+STRATEGIES = ("auto", "ddp", "ddp_find_unused_parameters_true", "ddp_find_unused_parameters_false")

@@ -130,7 +130,7 @@ def check_fresh(state_path: Path, params_path: Path = PARAMS, conf_dir: Path = C
     that changes nothing in the composition (a comment, an option not selected) is not reported.
     """
     now = {"params": hashlib.sha256(params_path.read_bytes()).hexdigest()[:16], "conf": tree_hashes(conf_dir)}
-    before = json.loads(state_path.read_text()) if state_path.exists() else None
+    before = previous_state(state_path)
     if before and "DVC_EXP_NAME" not in os.environ and before["params"] == now["params"]:
         changed = sorted(k for k in set(now["conf"]) | set(before["conf"]) if now["conf"].get(k) != before["conf"].get(k))
         if changed and not composes_to_params(params_path, conf_dir):
@@ -140,6 +140,16 @@ def check_fresh(state_path: Path, params_path: Path = PARAMS, conf_dir: Path = C
                 "or `python -m rnnlab.config [overrides]` and then `dvc repro`"
             )
     write_json(state_path, now)
+
+
+def previous_state(state_path: Path) -> dict | None:
+    """What the last check recorded, or None (none yet, or a damaged file: this run records it afresh)."""
+    try:
+        state = json.loads(state_path.read_text())
+    except (OSError, ValueError):
+        return None
+    ok = isinstance(state, dict) and isinstance(state.get("params"), str) and isinstance(state.get("conf"), dict)
+    return state if ok else None
 
 
 def composes_to_params(params_path: Path, conf_dir: Path) -> bool:

@@ -45,7 +45,7 @@ from typing import NamedTuple
 from rnnlab import downloads, shakespeare
 from rnnlab.splits import check_presplit, split
 from rnnlab.errors import UserError
-from rnnlab.files import read_errors, sha256_bytes, write_json, write_text
+from rnnlab.files import read_errors, reading, sha256_bytes, write_json, write_text
 from rnnlab.choices import SPLIT_NAMES
 from rnnlab.schema import CorpusSpec
 
@@ -352,5 +352,7 @@ def preview(spec: CorpusSpec, raw_dir: str | Path) -> dict[str, str] | None:
 
 
 def read_split(prepared_dir: str | Path, name: str) -> str:
-    with open(Path(prepared_dir) / f"{name}.txt", encoding="utf-8", newline="") as fh:  # "\r" stays "\r" (bytes)
+    """A split the prepare stage wrote ("\r" stays "\r": byte-level corpora keep every byte)."""
+    path = Path(prepared_dir) / f"{name}.txt"
+    with reading(path, "prepare it again: dvc repro prepare"), open(path, encoding="utf-8", newline="") as fh:
         return fh.read()

@@ -31,9 +31,17 @@ class Stopped(BaseException):
                          "run `dvc repro` (or the same command) again to resume")
 
 
+def out_of_memory(err: BaseException) -> bool:
+    """Python's MemoryError, torch's OutOfMemoryError, or its CPU allocator's failure (a RuntimeError)."""
+    text = str(err)
+    return isinstance(err, MemoryError) or type(err).__name__ == "OutOfMemoryError" or \
+        "can't allocate memory" in text or "out of memory" in text.lower()
+
+
 def entry_point(main: Callable[..., T]) -> Callable[..., T]:
-    """Run `main`, turning a `UserError` into one line on stderr and exit status 2, and `Stopped` into one
-    line and exit status 128 + signal."""
+    """Run `main`, turning a `UserError` into one line on stderr and exit status 2, running out of memory
+    (a size the machine cannot hold) into one line and exit status 2, and `Stopped` into one line and exit
+    status 128 + signal."""
 
     @functools.wraps(main)
     def wrapper(*args, **kwargs) -> T:
@@ -41,6 +49,13 @@ def entry_point(main: Callable[..., T]) -> Callable[..., T]:
             return main(*args, **kwargs)
         except UserError as err:
             print(f"error: {err}", file=sys.stderr)
+            sys.exit(EXIT_USER_ERROR)
+        except (MemoryError, RuntimeError) as err:
+            if not out_of_memory(err):
+                raise
+            first = (str(err).strip().splitlines() or ["MemoryError"])[0][:200]
+            print(f"error: out of memory ({first}); lower model.hidden_size, model.num_layers, data.batch_size, "
+                  "data.bptt or sample.num_samples, or use a machine with more memory", file=sys.stderr)
             sys.exit(EXIT_USER_ERROR)
         except Stopped as err:
             print(f"error: {err}", file=sys.stderr)

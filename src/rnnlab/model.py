@@ -24,6 +24,7 @@ the cell type. `hidden=None` means the zero state, for every cell.
 from __future__ import annotations
 
 import functools
+import os
 import re
 from typing import Callable, Union
 
@@ -40,9 +41,31 @@ from rnnlab.vocab import EOS_ID
 Hidden = Union[torch.Tensor, tuple[torch.Tensor, ...], None]
 
 
+GATES = {"rnn": 1, "gru": 3, "lstm": 4}
+
+
+def parameter_count(vocab_size: int, spec: ModelSpec) -> int:
+    """The model's parameters, counted from its spec (before any is allocated)."""
+    E, H, L, g = spec.embedding_size, spec.hidden_size, spec.num_layers, GATES[spec.cell]
+    core = g * H * (E + H + 2) + (L - 1) * g * H * (2 * H + 2)
+    return vocab_size * E + core + (H + 1) * vocab_size
+
+
+def check_fits(vocab_size: int, spec: ModelSpec) -> None:
+    """Refuse a model whose weights, gradients and optimiser state (4 copies in float32) exceed this
+    machine's memory, before allocating it (a huge model.num_layers would otherwise build layer after layer)."""
+    need = 16 * parameter_count(vocab_size, spec)
+    have = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") if hasattr(os, "sysconf") else None
+    if have and need > have:
+        raise UserError(f"the model has {need // 16:,} parameters, {need / 2**30:,.1f} GiB with its gradients and "
+                        f"optimiser state, more than this machine's {have / 2**30:,.1f} GiB; lower model.hidden_size, "
+                        "model.embedding_size or model.num_layers")
+
+
 class RNNLM(nn.Module):
     def __init__(self, vocab_size: int, spec: ModelSpec) -> None:
         super().__init__()
+        check_fits(vocab_size, spec)
         self.vocab_size, self.spec = vocab_size, spec
         self.embedding = nn.Embedding(vocab_size, spec.embedding_size)
         # The cell's own dropout acts between stacked layers only; with one layer it would just warn.

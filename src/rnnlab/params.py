@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from rnnlab.errors import UserError
-from rnnlab.checks import at_least, between, check_types, yaml_numbers
+from rnnlab.checks import between, check_types, yaml_numbers
 from rnnlab.schema import (CorpusSpec, DataSpec, EvaluateSpec, GradStatsSpec, ModelSpec, OptimSpec, PathsSpec,
                            SampleSpec, TrackingSpec, TrainerSpec, VocabSpec)
 
@@ -53,7 +53,7 @@ class Params:
 
     def __post_init__(self) -> None:
         check_types(self, "params")
-        at_least("threads", self.threads, 1)
+        between("threads", self.threads, 1, 4096)
         between("seed", self.seed, 0, 2**32 - 1)  # the range Lightning's seed_everything accepts
 
     def section(self, key: str) -> Any:
@@ -151,6 +151,8 @@ def load(path: str | Path = "params.yaml") -> Params:
         raise UserError(f"no {path} here; run from the repository root, or create it: python -m rnnlab.config")
     try:
         values = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except OSError as err:
+        raise UserError(f"cannot read {path} ({err.strerror or err}); {RECOMPOSE}") from None
     except (yaml.YAMLError, UnicodeDecodeError) as err:
         first = str(err).strip().splitlines()[0]
         raise UserError(f"{path} is not valid YAML ({first}); fix it, or {RECOMPOSE}") from None

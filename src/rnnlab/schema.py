@@ -13,9 +13,11 @@ import dataclasses
 from dataclasses import dataclass
 from typing import Any
 
-from rnnlab.checks import at_least, between, check_sha256, check_types, matches, one_of
-from rnnlab.choices import (CELLS, CLIP_ALGORITHMS, ENCODINGS, FILLERS, FORMATS, HEADS, IMPLS, INITS, LEVELS,
-                             NORMALIZATIONS, OPTIMIZERS, SCHEDULES, SOURCES, SPLIT_NAMES, TOKENIZERS, UNK_POLICIES)
+from rnnlab.checks import (at_least, between, check_devices, check_max_time, check_sha256, check_types,
+                           check_validation, matches, one_of)
+from rnnlab.choices import (ACCELERATORS, CELLS, CLIP_ALGORITHMS, ENCODINGS, FILLERS, FORMATS, HEADS, IMPLS, INITS,
+                            LEVELS, NORMALIZATIONS, OPTIMIZERS, PRECISIONS, SCHEDULES, SOURCES, SPLIT_NAMES,
+                            STRATEGIES, TOKENIZERS, UNK_POLICIES)
 from rnnlab.errors import UserError
 
 # --- the sections ----------------------------------------------------------------------------------------
@@ -294,28 +296,25 @@ class TrainerSpec:
         if self.gradient_clip_algorithm is not None:
             one_of("trainer.gradient_clip_algorithm", self.gradient_clip_algorithm, CLIP_ALGORITHMS)
         at_least("trainer.num_nodes", self.num_nodes, 1)
-        if isinstance(self.devices, int) and self.devices != -1:  # -1: every device there is (Lightning)
-            at_least("trainer.devices", self.devices, 1)
         check_max_time(self.max_time)
         if "spawn" in self.strategy or self.strategy.startswith(("fsdp", "deepspeed")):
             raise UserError(f"trainer.strategy={self.strategy} is not supported: use ddp (Lightning starts one "
                             "process per device; each owns its share of the streams and its hidden state)")
+        one_of("trainer.strategy", self.strategy, STRATEGIES)
+        one_of("trainer.accelerator", self.accelerator, ACCELERATORS)
+        one_of("trainer.precision", self.precision, PRECISIONS)
+        check_validation(self.val_check_interval, self.check_val_every_n_epoch, self.limit_val_batches)
+        at_least("trainer.log_every_n_steps", self.log_every_n_steps, 1)
+        if self.max_epochs is not None and self.max_epochs != -1:
+            at_least("trainer.max_epochs", self.max_epochs, 1)
+        if self.deterministic not in (True, False, None, "warn"):
+            raise UserError(f"trainer.deterministic={self.deterministic!r} is not known; use true, false, warn or null")
+        check_devices(self.devices)
 
     def kwargs(self) -> dict:
         """The arguments of lightning.pytorch.Trainer (a clip value of 0 means off, as None does)."""
         values = {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name != "extra"}
         return values | {"gradient_clip_val": self.gradient_clip_val or None} | self.extra
-
-
-def check_max_time(value: str | dict | None) -> None:
-    """Lightning's forms: "DD:HH:MM:SS", or a mapping of datetime.timedelta's keyword arguments."""
-    import re
-
-    units = {"days", "hours", "minutes", "seconds", "milliseconds", "microseconds", "weeks"}
-    if isinstance(value, str) and not re.fullmatch(r"\d+:\d{1,2}:\d{1,2}:\d{1,2}", value) or \
-            isinstance(value, dict) and not (value and set(value) <= units and all(matches(v, float) for v in value.values())):
-        raise UserError(f"trainer.max_time={value!r}: give DD:HH:MM:SS (e.g. 00:00:10:00) or a mapping such as "
-                        "{minutes: 10}, or null")
 
 
 @dataclass(frozen=True)

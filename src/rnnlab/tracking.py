@@ -177,8 +177,8 @@ def log_to_run(spec: TrackingSpec, run_id: str | None, metrics: dict | None = No
 
     uri = tracking_uri(spec)
     check_reachable(uri)
-    client = MlflowClient(tracking_uri=uri)
     with store_errors(uri):
+        client = MlflowClient(tracking_uri=uri)
         for key, value in (metrics or {}).items():
             if isinstance(value, (int, float)) and value == value:  # numbers, not NaN
                 client.log_metric(run_id, key, float(value))

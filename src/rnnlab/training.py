@@ -19,6 +19,7 @@ import lightning.pytorch as pl
 from lightning.pytorch.callbacks import ModelCheckpoint, RichProgressBar
 
 from rnnlab import callbacks, checkpoints, outputs, runtime, tracking
+from rnnlab.errors import UserError
 from rnnlab.data import StreamDataModule
 from rnnlab.lit import LitLM
 
@@ -67,7 +68,7 @@ def fit(params: Params, logged: dict, logger, resume: Path | None, extra_callbac
                            save_top_k=1, save_last=True, auto_insert_metric_name=False, enable_version_counter=False)
     watching = callbacks.diagnostics(vocab, vocab_dir, params.gradstats, params.sample)
     tty = sys.stdout.isatty()
-    trainer = pl.Trainer(**params.trainer.kwargs(), logger=logger or False,
+    trainer = make_trainer(params, logger=logger or False,
                          callbacks=[best, callbacks.FinalValidation(), RichProgressBar() if tty else callbacks.LinePrinter(),
                                     *watching.values(), *extra_callbacks],
                          plugins=[checkpoints.AtomicCheckpointIO()], enable_progress_bar=tty,
@@ -87,3 +88,16 @@ def fit(params: Params, logged: dict, logger, resume: Path | None, extra_callbac
     metrics = outputs.write(out, lit.model, vocab, meta, lit.history, grad_rows, curves, title)
     outputs.log(logger, out, vocab_dir, logged, metrics, lit.train_seconds())
     return metrics
+
+
+def make_trainer(params: Params, **arguments) -> pl.Trainer:
+    """Lightning's Trainer from the `trainer` section and `arguments`. The schema checks every value it
+    knows; what Lightning still refuses (a combination, an `extra` argument) is one line naming the section."""
+    from lightning.fabric.utilities.exceptions import MisconfigurationException
+
+    try:
+        return pl.Trainer(**params.trainer.kwargs(), **arguments)
+    except (MisconfigurationException, ValueError) as err:
+        first = (str(err).strip().splitlines() or [type(err).__name__])[0][:300]
+        raise UserError(f"Lightning refuses the trainer settings ({first}); fix them under trainer: in params.yaml "
+                        "(Lightning's own names: see `python -c 'import lightning; help(lightning.Trainer)'`)") from None

@@ -197,14 +197,23 @@ class VocabDir:
         if not self.split_file(split).exists():
             raise UserError(f"no encoded {split} split at {self.split_file(split)}; "
                             "run the vocab stage first: dvc repro vocab")
+        size = self.stats()["size"] if (self.path / "stats.json").exists() else np.inf
         with reading(self.split_file(split), FIX):
-            return np.load(self.split_file(split), allow_pickle=False)
+            ids = np.load(self.split_file(split), allow_pickle=False)
+            if ids.ndim != 1 or ids.dtype.kind not in "iu" or (len(ids) and not 0 <= ids.min() <= ids.max() < size):
+                raise ValueError(f"not a 1-D array of token ids below the vocabulary size {size}")
+            return ids
 
     def stats(self) -> dict:
         if not (self.path / "stats.json").exists():
             raise UserError(f"no vocabulary statistics in {self.path}; run the vocab stage first: dvc repro vocab")
         with reading(self.path / "stats.json", FIX):
-            return dict(json.loads((self.path / "stats.json").read_text(encoding="utf-8")))
+            stats = dict(json.loads((self.path / "stats.json").read_text(encoding="utf-8")))
+            splits = stats["splits"]
+            if not isinstance(stats["size"], int) or not all(
+                    isinstance(splits[name][key], (int, float)) for name in splits for key in ("tokens", "chars", "oov_rate")):
+                raise ValueError("numbers expected for size and each split's tokens, chars and oov_rate")
+            return stats
 
     def chars_per_token(self, split: str) -> float:
         """Characters of the split's text (separators included) per token: bpc = bits per token / this."""
