@@ -179,7 +179,7 @@ def test_a_crash_before_training_starts_marks_the_run_failed(vocab_dir, tmp_path
 
 def test_a_broken_mlflow_store_is_one_line(vocab_dir, tmp_path):
     (tmp_path / "mlflow.db").write_text("not a database")
-    with pytest.raises(UserError, match=r"^the MLflow store sqlite:///.* failed \(.*file is not a database.*\); check"):
+    with pytest.raises(UserError, match=r"^the MLflow store .*mlflow.db is not an SQLite database; move it away"):
         run_training(tiny_job(vocab_dir, tmp_path))
 
 

@@ -94,11 +94,14 @@ def test_several_nodes_without_a_cluster_launcher_are_refused_not_a_30_minute_wa
 
 def test_an_mlflow_store_that_is_not_sqlite_or_cannot_be_created_is_one_line(tmp_path):
     (tmp_path / "not.db").write_text("hello")
-    with pytest.raises(UserError, match="cannot be read as SQLite"):
+    with pytest.raises(UserError, match="is not an SQLite database"):
         preflight.tracking(tiny_params(tmp_path, f"tracking.uri=sqlite:///{tmp_path / 'not.db'}"))
     (tmp_path / "file").write_text("x")
     with pytest.raises(UserError, match="is not a folder that can be written"):
         preflight.tracking(tiny_params(tmp_path, f"tracking.uri=sqlite:///{tmp_path / 'file' / 'mlflow.db'}"))
+    (tmp_path / "folder.db").mkdir()  # MLflow would retry for minutes
+    with pytest.raises(UserError, match="folder.db is a folder"):
+        preflight.tracking(tiny_params(tmp_path, f"tracking.uri=sqlite:///{tmp_path / 'folder.db'}"))
     sqlite3.connect(tmp_path / "real.db").execute("create table t (x)")
     preflight.tracking(tiny_params(tmp_path, f"tracking.uri=sqlite:///{tmp_path / 'real.db'}"))
 

@@ -20,12 +20,9 @@ still fails under DVC names the command that brings the removed outputs back (rn
 from __future__ import annotations
 
 import os
-import sqlite3
-from pathlib import Path
 
 from rnnlab.errors import UserError
 
-SQLITE_HEADER = b"SQLite format 3\x00"
 EMPTY_VAL = ("the val split is empty (corpus.val_frac=0 or an empty val file), and training validates on it; "
              "set corpus.val_frac (e.g. 0.05) or give a val file, or train without validation: "
              "trainer.limit_val_batches=0")
@@ -119,26 +116,7 @@ def tracking(params) -> None:
     """The MLflow store: a server must answer; a SQLite file must be one, in a folder that can be written."""
     from rnnlab import tracking as tracking_mod
 
-    uri = tracking_mod.tracking_uri(params.tracking)
-    tracking_mod.check_reachable(uri)
-    if not uri.startswith("sqlite:///"):
-        return
-    db = Path(uri[len("sqlite:///"):])
-    folder = next((p for p in (db.parent, *db.parent.parents) if p.exists()), None)
-    if folder is None or not folder.is_dir() or not os.access(folder, os.W_OK | os.X_OK):
-        raise UserError(f"the MLflow store {db} cannot be created: {folder} is not a folder that can be written; "
-                        "choose another tracking.uri (sqlite:///<path>) or fix the folder's permissions")
-    if db.is_dir():
-        raise UserError(f"the MLflow store {db} is a folder; give tracking.uri a file: sqlite:///<path>/mlflow.db")
-    if db.exists() and db.stat().st_size:
-        try:
-            with open(db, "rb") as fh:
-                header = fh.read(len(SQLITE_HEADER))
-            if header != SQLITE_HEADER:
-                raise sqlite3.DatabaseError("file is not a database")
-        except (OSError, sqlite3.DatabaseError) as err:
-            raise UserError(f"the MLflow store {db} cannot be read as SQLite ({err}); move it away (a new store "
-                            "is created) or point tracking.uri at the right file") from None
+    tracking_mod.check_store(tracking_mod.tracking_uri(params.tracking))
 
 
 CHECKS = (devices, topology, tracking)

@@ -40,8 +40,14 @@ def tracking_uri(spec: TrackingSpec) -> str:
     return uri
 
 
-def check_reachable(uri: str) -> None:
-    """Fail fast when a tracking server does not answer its health check."""
+SQLITE_HEADER = b"SQLite format 3\x00"
+
+
+def check_store(uri: str) -> None:
+    """Fail fast, in one line, where MLflow would retry for minutes or fail with a traceback: a server that
+    does not answer its health check, a SQLite store that is a folder, not a database, or cannot be created."""
+    if uri.startswith("sqlite:///"):
+        check_sqlite(Path(uri[len("sqlite:///"):]))
     if not uri.startswith(("http://", "https://")):
         return
     try:
@@ -53,6 +59,24 @@ def check_reachable(uri: str) -> None:
             f"the MLflow tracking server {uri} does not answer ({reason}); start it "
             "(mlflow server --host 127.0.0.1 --port 5000), or unset MLFLOW_TRACKING_URI / tracking.uri to use the local mlflow.db"
         ) from None
+
+
+def check_sqlite(db: Path) -> None:
+    folder = next((p for p in (db.parent, *db.parent.parents) if p.exists()), None)
+    if folder is None or not folder.is_dir() or not os.access(folder, os.W_OK | os.X_OK):
+        raise UserError(f"the MLflow store {db} cannot be created: {folder} is not a folder that can be written; "
+                        "choose another tracking.uri (sqlite:///<path>) or fix the folder's permissions")
+    if db.is_dir():
+        raise UserError(f"the MLflow store {db} is a folder; move it away, or give tracking.uri a file: "
+                        "sqlite:///<path>/mlflow.db")
+    try:
+        with open(db, "rb") if db.exists() else contextlib.nullcontext() as fh:
+            header = fh.read(len(SQLITE_HEADER)) if fh else b""
+    except OSError as err:
+        raise UserError(f"the MLflow store {db} cannot be read ({err.strerror or err}); {STORE_FIX}") from None
+    if header and header != SQLITE_HEADER[:len(header)]:
+        raise UserError(f"the MLflow store {db} is not an SQLite database; move it away (a new store is created) "
+                        "or point tracking.uri at the right file")
 
 
 def git_commit() -> str | None:
@@ -153,7 +177,7 @@ def open_logger(params: Params, logged: dict, run_id: str | None = None):
 
     spec = params.tracking
     uri = tracking_uri(spec)
-    check_reachable(uri)  # a server that does not answer: one line now, not after MLflow's retries
+    check_store(uri)  # a server that does not answer: one line now, not after MLflow's retries
     with store_errors(uri, also=(OSError,)):  # here only MLflow touches files
         ensure_experiment(uri, spec.experiment)
         if run_id and not run_exists(spec, run_id):
@@ -176,7 +200,7 @@ def log_to_run(spec: TrackingSpec, run_id: str | None, metrics: dict | None = No
     from mlflow.tracking import MlflowClient
 
     uri = tracking_uri(spec)
-    check_reachable(uri)
+    check_store(uri)
     with store_errors(uri):
         client = MlflowClient(tracking_uri=uri)
         for key, value in (metrics or {}).items():
