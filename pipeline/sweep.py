@@ -37,7 +37,7 @@ def job(cfg: DictConfig) -> float:
 def main() -> None:
     first = check_overrides([a for a in sys.argv[1:] if not a.startswith(("-", "hydra"))])  # one-line errors
     uri = tracking.tracking_uri(first.tracking)
-    tracking.check_reachable(uri)
+    tracking.check_store(uri)
     try:
         job()
     except BaseException as err:  # a job's error or Ctrl-C: the parent run must not stay RUNNING

@@ -67,7 +67,8 @@ class Outcome:
         return [line for line in self.err.splitlines() if line.startswith("error:")]
 
     def describe(self) -> str:
-        return f"{self.stage}: exit {self.code} in {self.seconds:.1f}s; stderr tail:\n{self.err[-1500:]}\n{self.tb[-3000:]}"
+        return (f"{self.stage}: exit {self.code} in {self.seconds:.1f}s; stderr tail:\n{self.err[-1500:]}\n"
+                f"{self.tb[-3000:]}")
 
 
 # --- the project ------------------------------------------------------------------------------------------
@@ -142,7 +143,7 @@ def run_stage(stage: str, project: Path, argv: tuple[str, ...] = (), timeout: fl
         code = done.code if isinstance(done.code, int) else (0 if done.code is None else 1)
     except Hang:
         code, tb = "hang", traceback.format_exc()
-    except BaseException:  # noqa: B036 -- anything else escaping the entry point is a traceback for the user
+    except BaseException:  # noqa: BLE001 -- anything else escaping the entry point is a traceback for the user
         code, tb = "traceback", traceback.format_exc()
     finally:
         faulthandler.cancel_dump_traceback_later()
@@ -254,7 +255,8 @@ def set_key(values: dict, key: str, value: Any) -> None:
 
 
 def huge(value: Any) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value) and abs(value) > 2**60
+    number = isinstance(value, (int, float)) and not isinstance(value, bool)
+    return number and math.isfinite(value) and abs(value) > 2**60
 
 
 def allowed_values(key: str) -> list:
@@ -358,7 +360,8 @@ def another_shape(path: Path, choice: int) -> str:
                   np.array([1], np.uint16)]
         array = arrays[choice % len(arrays)]
         np.save(path, array)
-        return f"np.save of a {array.dtype} array of shape {array.shape}" + (" (ids out of range)" if choice % 7 == 3 else "")
+        out_of_range = " (ids out of range)" if choice % len(arrays) == 3 else ""
+        return f"np.save of a {array.dtype} array of shape {array.shape}{out_of_range}"
     if suffix == ".db":
         path.unlink()
         with contextlib.closing(sqlite3.connect(path)) as con:

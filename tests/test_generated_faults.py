@@ -136,7 +136,7 @@ def test_generated_config_values(base):
         return key, value, draw(st.sampled_from(fg.readers(key)))
 
     @seed(SEED)
-    @budget(100)
+    @budget(64)
     @given(bad_setting())
     def one(setting):
         key, value, stage = setting
@@ -163,8 +163,9 @@ def damaged_file(draw):
     rel = draw(st.sampled_from(chosen("RNNLAB_FAULT_FILES", sorted(fg.READ_BY))))
     stage = draw(st.sampled_from(fg.READ_BY[rel]))
     kind = draw(st.sampled_from(fg.KINDS))
-    detail = {"truncated": st.floats(0, 1, exclude_max=True, allow_subnormal=False), "random bytes": st.binary(min_size=1, max_size=512),
-              "text": st.text(max_size=80)}.get(kind, st.integers(0, 10**6))
+    detail = {"truncated": st.floats(0, 1, exclude_max=True, allow_subnormal=False),  # the fraction kept
+              "random bytes": st.binary(min_size=1, max_size=512),
+              "text": st.text(max_size=80)}.get(kind, st.integers(0, 10**6))  # picks a shape, a key, a value
     return rel, stage, kind, draw(detail)
 
 
@@ -172,7 +173,7 @@ def test_generated_damaged_files(base):
     tally = Tally("files")
 
     @seed(SEED)
-    @budget(60)
+    @budget(48)
     @given(damaged_file())
     def one(case):
         rel, stage, kind, detail = case
@@ -208,8 +209,6 @@ def signal_case(draw):
 
 def test_generated_signals(base):
     tally = Tally("signals")
-    env = {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}"}
-    env.pop("MLFLOW_TRACKING_URI", None)
 
     @seed(SEED)
     @budget(3)
@@ -220,31 +219,10 @@ def test_generated_signals(base):
         values = fg.load_params(work)
         values["trainer"] |= {"max_steps": 5000, "val_check_interval": 50}  # minutes: the signal comes first
         fg.save_params(work, values)
-        ckpts = work / "data" / "train" / "checkpoints"
-        shutil.rmtree(ckpts)  # run.json appears again when the new run is open
+        shutil.rmtree(work / "data" / "train" / "checkpoints")  # its run.json appears again when the run is open
         (work / "data" / "train" / "metrics.json").unlink()  # written again only by a finished training
         before = fg.run_ids(work)
-        logs = work.parent / f"{work.name}.log"
-        with open(logs.with_suffix(".out"), "w") as out, open(logs.with_suffix(".err"), "w") as err:
-            proc = subprocess.Popen([sys.executable, str(REPO / "pipeline" / "train.py")], cwd=work, env=env,
-                                    stdout=out, stderr=err, start_new_session=True)
-            launched = time.monotonic()
-            try:
-                deadline = launched + SIGNAL_TIMEOUT_S
-                while anchor == "run open" and not (ckpts / "run.json").exists() and proc.poll() is None \
-                        and time.monotonic() < deadline:
-                    time.sleep(0.01)
-                time.sleep(delay)
-                sent_at = time.monotonic() - launched
-                proc.send_signal(sig)
-                code = proc.wait(timeout=SIGNAL_TIMEOUT_S)
-            except subprocess.TimeoutExpired:
-                code = "hang"
-            finally:
-                if proc.poll() is None:
-                    os.killpg(proc.pid, signal.SIGKILL)
-                    proc.wait()
-        stderr = logs.with_suffix(".err").read_text()
+        code, sent_at, stderr = signalled_training(work, sig, anchor, delay)
         new = fg.run_statuses(work, exclude=before)
         last = ([line for line in stderr.splitlines() if line.startswith("error:")] or stderr.strip().splitlines()
                 or [""])[-1]
@@ -255,6 +233,35 @@ def test_generated_signals(base):
         shutil.rmtree(work)
 
     tally.run(one)
+
+
+def signalled_training(work: Path, sig: signal.Signals, anchor: str, delay: float) -> tuple[int | str, float, str]:
+    """Start `python pipeline/train.py` in `work`, send `sig` `delay` seconds after `anchor` (launch, or the
+    moment the run is open: checkpoints/run.json written); returns the exit status ("hang" after
+    SIGNAL_TIMEOUT_S), when the signal went (seconds after launch) and stderr."""
+    env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
+    env["PATH"] = f"{BIN}{os.pathsep}{env['PATH']}"
+    run_json = work / "data" / "train" / "checkpoints" / "run.json"
+    log = work.parent / f"{work.name}.stderr"
+    with open(log, "w") as err:
+        proc = subprocess.Popen([sys.executable, str(REPO / "pipeline" / "train.py")], cwd=work, env=env,
+                                stdout=subprocess.DEVNULL, stderr=err, start_new_session=True)
+        launched = time.monotonic()
+        try:
+            while anchor == "run open" and not run_json.exists() and proc.poll() is None \
+                    and time.monotonic() < launched + SIGNAL_TIMEOUT_S:
+                time.sleep(0.01)
+            time.sleep(delay)
+            sent_at = time.monotonic() - launched
+            proc.send_signal(sig)
+            code = proc.wait(timeout=SIGNAL_TIMEOUT_S)
+        except subprocess.TimeoutExpired:
+            code = "hang"
+        finally:
+            if proc.poll() is None:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait()
+    return code, sent_at, log.read_text()
 
 
 def check_stopped(work: Path, sig: signal.Signals, code: int | str, stderr: str, new: list[str]) -> None:

@@ -145,3 +145,51 @@ def test_a_cached_file_with_the_right_checksum_is_not_downloaded_again(tmp_path,
     cached.write_bytes(b"a truncated download")
     prepare(tmp_path, *overrides)  # a cached copy with the wrong checksum is downloaded again
     assert cached.read_bytes() == original
+
+
+def ptb_overrides(folder: Path, base: str) -> list[str]:
+    """The ptb preset with its three URLs under `base` and the checksums of the fixture files in `folder`."""
+    return ["corpus=ptb", *(f"corpus.splits.{split}.url={base}/ptb.{name}.txt" for split, name in NAMES.items()),
+            *(f"corpus.splits.{split}.sha256={sha256_file(folder / f'ptb.{name}.txt')}" for split, name in NAMES.items())]
+
+
+NAMES = {"train": "train", "val": "valid", "test": "test"}
+
+
+def test_a_mirror_folder_is_used_before_any_download_and_checked(tmp_path, monkeypatch):
+    mirror = tmp_path / "mirror"
+    mirror.mkdir()
+    for split, name in NAMES.items():
+        (mirror / f"ptb.{name}.txt").write_text(PTB[split])
+    overrides = ptb_overrides(mirror, "http://127.0.0.1:9/nowhere")  # no server: a download would fail
+
+    def no_download(url, *rest):
+        raise AssertionError(f"downloaded {url}")
+
+    monkeypatch.setattr(downloads, "download", no_download)
+    prepare(tmp_path, *overrides, f"corpus.mirror={mirror}")
+    assert prepared(tmp_path) == PTB  # the mirror's files, copied into paths.raw and read as they are
+    assert (tmp_path / "raw" / "ptb.train.txt").read_text() == PTB["train"]
+
+    monkeypatch.setenv(downloads.MIRROR_ENV, str(mirror))  # the environment variable, for a whole cluster
+    for cached in (tmp_path / "raw").iterdir():
+        cached.unlink()
+    prepare(tmp_path, *overrides)
+    assert prepared(tmp_path) == PTB
+
+    (mirror / "ptb.valid.txt").write_text("another text")
+    (tmp_path / "raw" / "ptb.valid.txt").unlink()
+    with pytest.raises(UserError, match=r"ptb.valid.txt in the corpus mirror has sha256 \w+, but "
+                                        r"corpus.splits.val.sha256 pins \w+; replace it with the right file"):
+        prepare(tmp_path, *overrides)
+    with pytest.raises(UserError, match="the corpus mirror .*nothing-here is not a folder"):
+        prepare(tmp_path, *overrides, f"corpus.mirror={tmp_path / 'nothing-here'}")
+
+
+def test_the_real_ptb_files_as_a_mirror_give_the_fields_counts(tmp_path, monkeypatch):
+    real = REPO.parent / "shared" / "corpora" / "ptb"
+    if not real.is_dir():
+        pytest.skip(f"no local copy of the Penn Treebank at {real}")
+    monkeypatch.setattr(downloads, "download", lambda url, *rest: pytest.fail(f"downloaded {url}"))
+    stats = prepare(tmp_path, "corpus=ptb", f"corpus.mirror={real}")  # the preset's own pinned sha256 values
+    assert stats["lines"] == {"train": 42068, "val": 3370, "test": 3761}

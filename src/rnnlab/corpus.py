@@ -238,19 +238,26 @@ def read_files(spec: CorpusSpec, raw_dir: Path) -> tuple[Raw, str]:
 
 
 def read_url(spec: CorpusSpec, raw_dir: Path) -> tuple[Raw, str]:
-    """corpus=url: a download (a text, or an archive with members), or one download per split."""
+    """corpus=url: a download (a text, or an archive with members), or one download per split; each file
+    from corpus.mirror where it is there (rnnlab.downloads.fetch)."""
+
+    def downloaded(url: str, sha256: str | None, key: str, name: str | None = None) -> Input:
+        path = downloads.fetch(url, sha256, raw_dir, key, spec.mirror)
+        return Input(path, name or url, downloads.REFETCH, False)  # a download is taken as it is
+
     if spec.url is None and spec.split_inputs:  # one download per split (PTB)
-        inputs = {name: [Input(downloads.fetch(entry["url"], entry["sha256"], raw_dir, f"corpus.splits.{name}"), entry["url"],
-                               downloads.REFETCH, False)] for name, entry in spec.split_inputs.items()}
+        inputs = {name: [downloaded(entry["url"], entry["sha256"], f"corpus.splits.{name}")]
+                  for name, entry in spec.split_inputs.items()}
     elif not spec.url:
         raise UserError("corpus=url needs corpus.url=<address> and corpus.sha256=<checksum>")
     elif spec.members is None:
-        inputs = {"text": [Input(downloads.fetch(spec.url, spec.sha256, raw_dir, "corpus"), spec.url, downloads.REFETCH, False)]}
+        inputs = {"text": [downloaded(spec.url, spec.sha256, "corpus")]}
     else:  # an archive: one member (a text to split) or one member per split (WikiText)
-        archive = downloads.fetch(spec.url, spec.sha256, raw_dir, "corpus")
+        archive = downloads.fetch(spec.url, spec.sha256, raw_dir, "corpus", spec.mirror)
         members = spec.split_inputs or {"text": spec.members}
         paths = downloads.extract(archive, members, raw_dir / archive.name.split(".")[0])
-        inputs = {key: [Input(paths[key], f"{member} in {archive.name}", downloads.REFETCH, False)] for key, member in members.items()}
+        inputs = {key: [Input(paths[key], f"{member} in {archive.name}", downloads.REFETCH, False)]
+                  for key, member in members.items()}
     return read_inputs(inputs, spec)
 
 
@@ -344,7 +351,8 @@ def preview(spec: CorpusSpec, raw_dir: str | Path) -> dict[str, str] | None:
         paths = [p for value, key in (given or {"text": (spec.path, "corpus.path")}).values()
                  for p in resolve_paths(value, key)]
         for path in paths:
-            with read_errors(path, "check its permissions, or point corpus.path at a readable file"), open(path, "rb") as fh:
+            fix = "check its permissions, or point corpus.path at a readable file"
+            with read_errors(path, fix), open(path, "rb") as fh:
                 fh.read(1)
         if spec.max_chars is None and sum(p.stat().st_size for p in paths) > PREVIEW_BYTES:
             return None

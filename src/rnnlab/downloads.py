@@ -1,5 +1,6 @@
 """Downloads for `corpus=url`: a file fetched into `paths.raw` (block by block, checked against its pinned
-sha256, kept only when it matches) and the members of a zip or tar archive extracted next to it.
+sha256, kept only when it matches), or copied from a local mirror folder of downloaded files (corpus.mirror,
+checked the same way), and the members of a zip or tar archive extracted next to it.
 
     path = fetch(url, sha256, raw_dir, "corpus")     # cached: a file there with the right sha256 stays
     paths = extract(archive, {"train": "wiki.train.tokens", ...}, out_dir)
@@ -9,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import os
 import shutil
 import tarfile
 import urllib.error
@@ -25,15 +27,50 @@ CHUNK = 1 << 16  # bytes copied at a time
 REFETCH = "check its permissions, or delete it (in paths.raw) to download it again"
 
 
-def fetch(url: str, sha256: str | None, raw_dir: Path, key: str) -> Path:
-    """The file at `url` in raw_dir, downloaded unless a copy with the pinned sha256 (`key`.sha256) is there."""
+def fetch(url: str, sha256: str | None, raw_dir: Path, key: str, mirror: str | None = None) -> Path:
+    """The file at `url` in raw_dir, downloaded unless a copy with the pinned sha256 (`key`.sha256) is there,
+    or in the local `mirror` folder (corpus.mirror, else $RNNLAB_CORPUS_MIRROR): a file of the same name,
+    checked against the same sha256 and copied (an offline compute node needs no network)."""
     target = raw_dir / (Path(urllib.parse.urlparse(url).path).name or "download")
     if target.exists():
         with read_errors(target, REFETCH):
             if sha256_file(target) == sha256:
                 return target
+    found = mirrored(target.name, sha256, key, mirror or os.environ.get(MIRROR_ENV))
+    if found:
+        atomic_write(target, lambda fh: copy_file(found, fh), mode="wb")
+        return target
     atomic_write(target, lambda fh: download(url, fh, sha256, key), mode="wb")
     return target
+
+
+MIRROR_ENV = "RNNLAB_CORPUS_MIRROR"
+
+
+def mirrored(name: str, sha256: str | None, key: str, mirror: str | None) -> Path | None:
+    """`name` in the mirror folder, if it is there; a copy whose sha256 is not the pinned one is an error."""
+    if not mirror:
+        return None
+    folder = Path(os.environ.get("DVC_ROOT", ".")) / os.path.expanduser(mirror)  # relative: to the repository
+    if not folder.is_dir():
+        raise UserError(f"the corpus mirror {folder} is not a folder; set corpus.mirror (or ${MIRROR_ENV}) to the "
+                        "folder holding the downloaded files, or null")
+    path = folder / name
+    if not path.is_file():
+        return None
+    with read_errors(path, f"check its permissions, or remove it from {folder}"):
+        digest = sha256_file(path)
+    if not sha256:
+        raise UserError(f"{key}.sha256 is not set, so {path} cannot be checked; pin it: {key}.sha256={digest}")
+    if digest != sha256:
+        raise UserError(f"{path} in the corpus mirror has sha256 {digest}, but {key}.sha256 pins {sha256}; "
+                        "replace it with the right file, or remove it to download it")
+    return path
+
+
+def copy_file(path: Path, fh: BinaryIO) -> None:
+    with read_errors(path, "check its permissions"), open(path, "rb") as src:
+        shutil.copyfileobj(src, fh, CHUNK)
 
 
 def download(url: str, fh: BinaryIO, sha256: str | None, key: str) -> None:

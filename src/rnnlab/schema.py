@@ -32,6 +32,7 @@ class CorpusSpec:
     url: str | None
     sha256: str | None
     members: str | dict | None  # archive at url: one member, or train / val / test -> member
+    mirror: str | None  # a folder of already-downloaded files, tried before any download (same sha256)
     encoding: str  # utf-8 | bytes: one character per byte (latin-1), so bpc is bits per byte
     normalize: str
     lowercase: bool
