@@ -374,9 +374,10 @@ def another_shape(path: Path, choice: int) -> str:
 
 
 def damage(path: Path, kind: str, detail: Any) -> str:
-    """Damage `path` in the way `kind` names (`detail`: the fraction kept, the bytes, the text, or a number
-    that picks the other shape / the key); returns what was done, for the report. A kind that does not
-    apply to the file's format (a key dropped from plain text) truncates it to half instead."""
+    """Damage `path` in the way `kind` names (`detail`: the fraction kept, the bytes, the text, a number that
+    picks the other shape or the key dropped, or (key, value) numbers: the key changed and its new value from
+    BAD_VALUES); returns what was done, for the report. A kind that does not apply to the file's format (a key
+    dropped from plain text) truncates it to half instead."""
     if kind == "deleted":
         path.unlink()
     elif kind == "empty":
@@ -397,11 +398,12 @@ def damage(path: Path, kind: str, detail: Any) -> str:
         obj = read_structured(path)
         if not isinstance(obj, dict) or not obj:
             return damage(path, "truncated", 0.5)
-        key = sorted(obj, key=str)[detail % len(obj)]
+        which, value = detail if kind == "a value changed" else (detail, None)
+        key = sorted(obj, key=str)[which % len(obj)]
         if kind == "a key dropped":
             del obj[key]
         else:
-            obj[key] = BAD_VALUES[detail % len(BAD_VALUES)]
+            obj[key] = BAD_VALUES[value % len(BAD_VALUES)]
             if path.suffix == ".json" and isinstance(obj[key], float) and not math.isfinite(obj[key]):
                 obj[key] = "NaN"  # strict JSON has no NaN: what a foreign writer could put there
         write_structured(path, obj)

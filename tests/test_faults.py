@@ -78,6 +78,33 @@ def test_no_readable_checkpoint_starts_afresh(vocab_dir, tmp_path, capsys):
     assert f"no readable checkpoint in {ckpts}; starting afresh" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize("text", ["hello\n", "q", "{}"])
+def test_text_in_place_of_last_ckpt_falls_back_to_best(vocab_dir, tmp_path, capsys, text):
+    ckpts = crashed(vocab_dir, tmp_path)
+    (ckpts / "last.ckpt").write_text(text)
+    assert run_training(tiny_job(vocab_dir, tmp_path))["step"] == 30
+    assert f"note: {ckpts / 'last.ckpt'} cannot be read" in capsys.readouterr().err
+
+
+def test_a_checkpoint_without_a_lightning_section_is_not_resumed(vocab_dir, tmp_path):
+    from rnnlab import checkpoints
+
+    ckpts = crashed(vocab_dir, tmp_path)
+    assert checkpoints.readable(ckpts / "last.ckpt") is None
+    ckpt = torch.load(ckpts / "last.ckpt", weights_only=True)
+    del ckpt["lr_schedulers"]
+    torch.save(ckpt, ckpts / "last.ckpt")
+    assert checkpoints.readable(ckpts / "last.ckpt") == "not a checkpoint of this rnnlab version"
+
+
+def test_run_json_with_a_number_as_run_id_starts_afresh(vocab_dir, tmp_path, capsys):
+    ckpts = crashed(vocab_dir, tmp_path)
+    state = json.loads((ckpts / "run.json").read_text())
+    (ckpts / "run.json").write_text(json.dumps(state | {"run_id": 5}))
+    assert run_training(tiny_job(vocab_dir, tmp_path))["step"] == 30
+    assert "run.json is not what rnnlab writes; starting afresh" in capsys.readouterr().err
+
+
 def test_truncated_run_json_starts_afresh(vocab_dir, tmp_path, capsys):
     ckpts = crashed(vocab_dir, tmp_path)
     truncate(ckpts / "run.json")
@@ -312,6 +339,14 @@ def _damage(kind: str, model_dir: Path, vocab_dir: Path) -> tuple[Path, str]:
     if kind == "meta.json of another shape":
         target["meta"].write_text('{"model": 3, "vocab_size": "x", "vocab_hash": "y"}')
         return model_dir, "meta.json"
+    if kind in ("meta.json without the vocabulary hash", "meta.json with a number as the MLflow run id"):
+        meta = json.loads(target["meta"].read_text())
+        if "hash" in kind:
+            del meta["vocab_hash"]
+        else:
+            meta["mlflow_run_id"] = 5
+        target["meta"].write_text(json.dumps(meta))
+        return model_dir, "meta.json"
     if kind == "truncated vocab.json":
         truncate(target["vocab"])
         return model_dir, "vocab.json"
@@ -328,6 +363,7 @@ def _damage(kind: str, model_dir: Path, vocab_dir: Path) -> tuple[Path, str]:
 
 
 @pytest.mark.parametrize("kind", ["truncated model.pt", "meta.json deleted", "meta.json of another shape",
+                                  "meta.json without the vocabulary hash", "meta.json with a number as the MLflow run id",
                                   "truncated vocab.json", "vocab.json without its hash",
                                   "a foreign file as the checkpoint"])
 def test_a_damaged_file_is_one_line_naming_it_and_the_fix(vocab_dir, tmp_path, kind):

@@ -163,9 +163,11 @@ def damaged_file(draw):
     rel = draw(st.sampled_from(chosen("RNNLAB_FAULT_FILES", sorted(fg.READ_BY))))
     stage = draw(st.sampled_from(fg.READ_BY[rel]))
     kind = draw(st.sampled_from(fg.KINDS))
+    pick = st.integers(0, 63)  # the other shape, the key (small, so that every one is drawn alike)
+    text = st.one_of(st.sampled_from(["hello\n", "not a checkpoint\n", "{}", "[1, 2]"]), st.text(max_size=80))
     detail = {"truncated": st.floats(0, 1, exclude_max=True, allow_subnormal=False),  # the fraction kept
-              "random bytes": st.binary(min_size=1, max_size=512),
-              "text": st.text(max_size=80)}.get(kind, st.integers(0, 10**6))  # picks a shape, a key, a value
+              "random bytes": st.binary(min_size=1, max_size=512), "text": text,
+              "a value changed": st.tuples(pick, st.integers(0, len(fg.BAD_VALUES) - 1))}.get(kind, pick)
     return rel, stage, kind, draw(detail)
 
 

@@ -146,3 +146,14 @@ def test_under_dvc_an_empty_corpus_keeps_every_previous_output_and_a_failed_trai
     for command in restore.split("`")[1::2]:
         run(command.split(), project)
     assert digests(project) == before
+
+
+@pytest.mark.parametrize("devices", ["-1", "[0]"])
+def test_what_lightning_refuses_for_a_cpu_is_one_line(tmp_path, devices):
+    """-1 (all GPUs) and device indices mean nothing to Lightning's CPU accelerator: a TypeError there."""
+    from rnnlab import training
+
+    params = tiny_params(tmp_path, "trainer.accelerator=cpu", f"trainer.devices={devices}")
+    with pytest.raises(UserError, match=r"^Lightning refuses the trainer settings \(`devices` selected with "
+                                        r"`CPUAccelerator` should be an int > 0.*fix them under trainer:"):
+        training.make_trainer(params)

@@ -135,6 +135,8 @@ def test_choice_lists_are_declared_once_and_used():
     ("trainer", {"limit_val_batches": -1}, "trainer.limit_val_batches=-1: give a fraction from 0 to 1"),
     ("trainer", {"log_every_n_steps": 0}, "trainer.log_every_n_steps=0 must be at least 1"),
     ("trainer", {"devices": "abc"}, "trainer.devices='abc': give a number of devices"),
+    ("trainer", {"devices": [1, "a"]}, "trainer.devices=[1, 'a']: device indices are whole numbers from 0"),
+    ("trainer", {"devices": [-1]}, "trainer.devices=[-1]: device indices are whole numbers from 0"),
     ("trainer", {"deterministic": "abc"}, "trainer.deterministic='abc' is not known"),
 ])
 def test_values_that_would_reach_torch_or_lightning_unchecked_are_one_line_errors(key, changes, message):

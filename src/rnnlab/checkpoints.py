@@ -45,10 +45,11 @@ def readable(path: Path) -> str | None:
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
     except FileNotFoundError:
         return "missing"
-    except (RuntimeError, EOFError, OSError, ValueError, pickle.UnpicklingError) as err:
+    except (RuntimeError, EOFError, OSError, ValueError, KeyError, IndexError, TypeError, AttributeError,
+            pickle.UnpicklingError) as err:  # torch.load of text or of a truncated zip fails in any of these
         return (str(err).strip().splitlines() or [type(err).__name__])[0][:120]
-    shapes = {"rnnlab": dict, "state_dict": dict, "loops": dict, "optimizer_states": list, "callbacks": dict,
-              "pytorch-lightning_version": str, "global_step": int, "epoch": int}
+    shapes = {"rnnlab": dict, "state_dict": dict, "loops": dict, "optimizer_states": list, "lr_schedulers": list,
+              "callbacks": dict, "pytorch-lightning_version": str, "global_step": int, "epoch": int}
     ok = isinstance(ckpt, dict) and all(isinstance(ckpt.get(key), kind) for key, kind in shapes.items())
     return None if ok else "not a checkpoint of this rnnlab version"
 
@@ -63,7 +64,8 @@ def resume_point(ckpt_dir: Path, phash: str, clean: bool = True) -> tuple[Path, 
     except (json.JSONDecodeError, UnicodeDecodeError, OSError) as err:
         print(f"note: {ckpt_dir / 'run.json'} cannot be read ({err}); starting afresh", file=sys.stderr)
         state = None
-    if state is not None and not (isinstance(state, dict) and isinstance(state.get("params_hash"), str)):
+    if state is not None and not (isinstance(state, dict) and isinstance(state.get("params_hash"), str)
+                                  and isinstance(state.get("run_id"), (str, type(None)))):
         print(f"note: {ckpt_dir / 'run.json'} is not what rnnlab writes; starting afresh", file=sys.stderr)
         state = None
     if state and state.get("params_hash") == phash and not state.get("complete"):

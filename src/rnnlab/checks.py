@@ -137,3 +137,6 @@ def check_devices(value: int | str | list) -> None:
     if isinstance(value, str) and not re.fullmatch(r"auto|-1|\d+|\d+(,\d+)*,?", value.strip()):
         raise UserError(f"trainer.devices={value!r}: give a number of devices, -1 (all), auto, or their indices "
                         "(e.g. [0, 1] or '0,1')")
+    if isinstance(value, list) and not all(isinstance(i, int) and not isinstance(i, bool) and i >= 0 for i in value):
+        raise UserError(f"trainer.devices={value!r}: device indices are whole numbers from 0 (e.g. [0, 1]); or give "
+                        "a number of devices, -1 (all) or auto")

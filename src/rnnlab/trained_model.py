@@ -40,8 +40,7 @@ def load(path: str | Path, vocab: Vocab) -> tuple[RNNLM, dict]:
         if not (path / MODEL_FILE).exists():
             raise UserError(f"no trained model in {path} (missing {MODEL_FILE}); train one first: dvc repro train")
         with reading(path / META_FILE, FIX):
-            meta = json.loads((path / META_FILE).read_text(encoding="utf-8"))
-            meta = meta | {"model": dict(meta["model"]), "vocab_size": int(meta["vocab_size"])}
+            meta = checked_meta(json.loads((path / META_FILE).read_text(encoding="utf-8")))
         with reading(path / MODEL_FILE, FIX):
             state = dict(torch.load(path / MODEL_FILE, map_location="cpu", weights_only=True))
     if meta.get("vocab_hash") != vocab.hash:
@@ -58,6 +57,19 @@ def load(path: str | Path, vocab: Vocab) -> tuple[RNNLM, dict]:
     return model.eval(), meta
 
 
+def checked_meta(meta) -> dict:
+    """meta.json as `save` writes it, else a TypeError naming the field (inside `reading`: one line)."""
+    shapes = {"model": dict, "vocab_size": int, "vocab_hash": str}
+    if not isinstance(meta, dict):
+        raise TypeError(f"a JSON object expected, not {type(meta).__name__}")
+    for key, kind in shapes.items():
+        if not isinstance(meta.get(key), kind) or isinstance(meta.get(key), bool):
+            raise TypeError(f"{key!r} should be a {kind.__name__}")
+    if not isinstance(meta.get("mlflow_run_id"), (str, type(None))):
+        raise TypeError("'mlflow_run_id' should be a string or null")
+    return meta
+
+
 def read_lightning_checkpoint(path: Path) -> tuple[dict, dict]:
     if not path.exists():
         raise UserError(f"no checkpoint at {path}; give the path of a .ckpt file or of a model folder")
@@ -65,7 +77,7 @@ def read_lightning_checkpoint(path: Path) -> tuple[dict, dict]:
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
         hp = ckpt["hyper_parameters"]
         state = {k.removeprefix("model."): v for k, v in ckpt["state_dict"].items() if k.startswith("model.")}
-        return state, {"model": dict(hp["model"]), "vocab_size": int(hp["vocab_size"]), "vocab_hash": hp["vocab_hash"]}
+        return state, checked_meta({"model": hp["model"], "vocab_size": hp["vocab_size"], "vocab_hash": hp["vocab_hash"]})
 
 
 def load_trained(vocab_dir: str | Path, model_path: str | Path) -> tuple[Vocab, RNNLM, dict]:

@@ -97,7 +97,7 @@ def make_trainer(params: Params, **arguments) -> pl.Trainer:
 
     try:
         return pl.Trainer(**params.trainer.kwargs(), **arguments)
-    except (MisconfigurationException, ValueError) as err:
+    except (MisconfigurationException, ValueError, TypeError) as err:  # TypeError: e.g. devices=-1 on a CPU
         first = (str(err).strip().splitlines() or [type(err).__name__])[0][:300]
         raise UserError(f"Lightning refuses the trainer settings ({first}); fix them under trainer: in params.yaml "
                         "(Lightning's own names: see `python -c 'import lightning; help(lightning.Trainer)'`)") from None
