@@ -169,7 +169,7 @@ class LinePrinter(Callback):
         step = trainer.global_step
         if step % self.every == 0 and trainer.is_global_zero:
             m = trainer.callback_metrics
-            parts = [f"step {step}/{self.total or '?'}", f"loss {float(outputs['loss']):.3f}"]
+            parts = [f"step {step}/{self.total or '?'}", f"loss {float(outputs['nll']):.3f}"]
             if "val/loss" in m:
                 parts.append(f"val {float(m['val/loss']):.3f}")
             if "train/tokens_per_s" in m:

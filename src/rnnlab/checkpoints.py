@@ -21,6 +21,7 @@ from pathlib import Path
 import torch
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 
+from rnnlab import averaging
 from rnnlab.errors import UserError
 from rnnlab.files import atomic_write, write_json
 
@@ -93,7 +94,7 @@ def candidates(ckpt_dir: Path) -> list[Path]:
 
 def load_weights(lit, path: Path) -> None:
     """Put the weights of the Lightning checkpoint `path` (e.g. best.ckpt) into the LightningModule `lit`."""
-    lit.load_state_dict(torch.load(path, map_location="cpu", weights_only=True)["state_dict"])
+    lit.load_state_dict(averaging.weights(torch.load(path, map_location="cpu", weights_only=True)))
 
 
 def mark(ckpt_dir: Path, phash: str, run_id: str, complete: bool) -> None:

@@ -56,12 +56,27 @@ from rnnlab.scoring import batchify, num_windows, window
 from rnnlab.vocab import VocabDir
 
 
+def random_lengths(targets: int, bptt: int, seed: int) -> list[int]:
+    """AWD-LSTM's random window lengths (Merity, Keskar & Socher 2018, section 4.1; awd-lstm-lm main.py):
+    a window is about `bptt` long with probability 0.95, else about bptt / 2, jittered by N(0, 5²), at least
+    5 (or bptt if shorter) and at most bptt + 40; the last takes what is left of the `targets`. Drawn from
+    `seed` alone, so that a resumed epoch, and every DDP process, walks the very same windows."""
+    rng, lengths, done = np.random.default_rng(seed), [], 0
+    while done < targets:
+        mean = bptt if rng.random() < 0.95 else bptt / 2
+        t = min(max(min(5, bptt), int(rng.normal(mean, 5))), bptt + 40, targets - done)
+        lengths.append(t)
+        done += t
+    return lengths
+
+
 class StreamWindows(Dataset):
     """The k-th item is window k: `(x, y)`, both (B, T), y is x shifted by one (see the module docstring)."""
 
     def __init__(self, ids: np.ndarray, batch_size: int, bptt: int, split: str = "train",
-                 part: tuple[int, int] = (0, 1)) -> None:
-        """`part` = (rank, world size): this process's share of the B rows (see the module docstring)."""
+                 part: tuple[int, int] = (0, 1), random_seed: int | None = None) -> None:
+        """`part` = (rank, world size): this process's share of the B rows (see the module docstring).
+        `random_seed`: windows of random lengths around `bptt` (`random_lengths`), else all `bptt` long."""
         if split == "val" and len(ids) <= 1:
             raise UserError(EMPTY_VAL)
         if len(ids) // batch_size < bptt + 1:
@@ -73,14 +88,20 @@ class StreamWindows(Dataset):
         rank, world = part
         share = batch_size // world
         self.data = batchify(ids, batch_size)[rank * share : (rank + 1) * share]  # (B / W, N)
-        self.bptt = bptt
+        self.bptt, self.lengths = bptt, None
+        if random_seed is not None:
+            self.lengths = random_lengths(self.data.size(1) - 1, bptt, random_seed)
+            self.starts = np.concatenate([[0], np.cumsum(self.lengths)[:-1]]).tolist()
 
     def __len__(self) -> int:
-        return num_windows(self.data, self.bptt)
+        return len(self.lengths) if self.lengths else num_windows(self.data, self.bptt)
 
     def __getitem__(self, k: int) -> tuple[torch.Tensor, torch.Tensor]:
         if not 0 <= k < len(self):
             raise IndexError(k)
+        if self.lengths:
+            i, t = self.starts[k], self.lengths[k]
+            return self.data[:, i : i + t], self.data[:, i + 1 : i + 1 + t]  # (B, t), (B, t)
         return window(self.data, k, self.bptt)  # (B, T), (B, T)
 
 
@@ -107,10 +128,13 @@ class StreamLoader(DataLoader):
 class StreamDataModule(pl.LightningDataModule):
     """Train and val windows from the vocab stage's encoded splits."""
 
-    def __init__(self, vocab_dir: str | Path, spec: DataSpec) -> None:
+    def __init__(self, vocab_dir: str | Path, spec: DataSpec, seed: int = 0) -> None:
+        """`seed`: with `spec.variable_bptt`, epoch e walks the windows `random_lengths(..., seed + e)` (the
+        Trainer must reload the training loader every epoch: `reload_dataloaders_every_n_epochs=1`)."""
         super().__init__()
         self.vocab_dir = VocabDir(vocab_dir)
         self.batch_size, self.bptt, self.eval_batch_size = spec.batch_size, spec.bptt, spec.eval_batch_size
+        self.variable_bptt, self.seed = spec.variable_bptt, seed
         self.part = (0, 1)  # (rank, world size), set by `setup` from the Trainer
 
     def setup(self, stage: str | None = None) -> None:
@@ -123,7 +147,9 @@ class StreamDataModule(pl.LightningDataModule):
                                 f"multiple of {world}")
 
     def train_dataloader(self) -> StreamLoader:
-        windows = StreamWindows(self.vocab_dir.ids("train"), self.batch_size, self.bptt, "train", self.part)
+        epoch = self.trainer.current_epoch if self.trainer is not None else 0
+        seed = self.seed * 1_000_003 + epoch if self.variable_bptt else None
+        windows = StreamWindows(self.vocab_dir.ids("train"), self.batch_size, self.bptt, "train", self.part, seed)
         return StreamLoader(windows, lambda: self.trainer.fit_loop.epoch_loop.batch_progress.current.completed)
 
     def val_dataloader(self) -> DataLoader:

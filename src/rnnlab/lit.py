@@ -10,6 +10,7 @@ samples) are Lightning callbacks in callbacks.py.
 
 from __future__ import annotations
 
+import contextlib
 import math
 import random
 import time
@@ -20,8 +21,9 @@ import numpy as np
 import torch
 
 from rnnlab import scoring
+from rnnlab.averaging import Average
 from rnnlab.errors import UserError
-from rnnlab.model import RNNLM, detach_hidden, tree_map
+from rnnlab.model import RNNLM, activation_penalty, detach_hidden, tree_map
 from rnnlab.choices import OPTIMIZERS
 from rnnlab.schema import ModelSpec, OptimSpec
 
@@ -41,13 +43,16 @@ class NonFiniteError(UserError):
 
 class LitLM(pl.LightningModule):
     def __init__(self, vocab_size: int, vocab_hash: str, model: ModelSpec, optim: OptimSpec,
-                 val_chars_per_token: float = 1.0) -> None:
+                 val_chars_per_token: float = 1.0, lr_bptt: int | None = None) -> None:
+        """`lr_bptt`: windows of random length (data.variable_bptt); each step's lr is scaled by its window's
+        length / lr_bptt (AWD-LSTM: a short window's gradient is not given the weight of a full one)."""
         super().__init__()
         # Plain containers only: checkpoints load with weights_only=True.
         self.save_hyperparameters({"vocab_size": vocab_size, "vocab_hash": vocab_hash, "model": asdict(model),
                                    "optim": asdict(optim), "val_chars_per_token": val_chars_per_token})
         self.model = RNNLM(vocab_size, model)
-        self.optim_spec = optim
+        self.optim_spec, self.lr_bptt, self._lr_scale = optim, lr_bptt, 1.0
+        self.average = Average(self.model, optim.nonmono) if optim.nonmono else None  # NT-ASGD (averaging.py)
         self.hidden = None  # carried training state (truncated BPTT); a mid-epoch checkpoint keeps it
         self.history: dict[str, list] = {"train": [], "val": []}  # loss.csv and val.csv rows
         self._tokens, self._clock = 0, time.perf_counter()
@@ -65,24 +70,45 @@ class LitLM(pl.LightningModule):
     def on_train_epoch_start(self) -> None:
         self.hidden = None  # the zero state (not called when Lightning resumes mid-epoch)
 
+    def on_train_batch_start(self, batch, batch_idx) -> None:
+        self._lr_scale = batch[0].size(1) / self.lr_bptt if self.lr_bptt else 1.0
+
+    def optimizer_step(self, epoch, batch_idx, optimizer, optimizer_closure=None) -> None:
+        """The step with the lr scaled to this window's length (data.variable_bptt), then the lr back."""
+        if self._lr_scale == 1.0:
+            return super().optimizer_step(epoch, batch_idx, optimizer, optimizer_closure)
+        kept = [group["lr"] for group in optimizer.param_groups]
+        for group in optimizer.param_groups:
+            group["lr"] *= self._lr_scale
+        try:
+            super().optimizer_step(epoch, batch_idx, optimizer, optimizer_closure)
+        finally:
+            for group, lr in zip(optimizer.param_groups, kept):
+                group["lr"] = lr
+
     def training_step(self, batch, batch_idx):
         x, y = batch  # (B, T), (B, T)
-        h, hidden = self.model.features(x, self.hidden)  # (B, T, H)
+        h, hidden, raw = self.model.features_with_raw(x, self.hidden)  # (B, T, H) after / before dropout
         self.hidden = detach_hidden(hidden)
         loss = self.model.nll(h, y)
         self._tokens += y.numel()
         self._lr = self.trainer.optimizers[0].param_groups[0]["lr"]  # an epoch schedule steps before batch end
         self.log("train/loss", loss, on_step=True, prog_bar=True)
-        return loss
+        spec = self.optim_spec
+        if spec.ar or spec.tar:  # the logged loss stays the NLL; the penalty only shapes the gradient
+            return {"loss": loss + activation_penalty(h, raw, spec.ar, spec.tar), "nll": loss.detach()}
+        return {"loss": loss, "nll": loss.detach()}
 
     def on_train_batch_end(self, outputs, batch, batch_idx) -> None:
+        if self.average is not None:
+            self.average.step()
         step = self.global_step
         if step % self.trainer.log_every_n_steps == 0:
             now = time.perf_counter()
             self.log("train/tokens_per_s", self._tokens / max(now - self._clock, 1e-9))
             self.log("train/lr", self._lr)  # the lr this step used
             self._tokens, self._clock = 0, now
-            self.history["train"].append([step, float(outputs["loss"])])
+            self.history["train"].append([step, float(outputs["nll"])])
 
     def on_before_optimizer_step(self, optimizer) -> None:
         """Stop on an inf/NaN gradient before the optimiser spreads it into the weights."""
@@ -94,6 +120,9 @@ class LitLM(pl.LightningModule):
 
     def on_validation_epoch_start(self) -> None:
         self.val_hidden, self.val_nll, self.val_tokens = None, torch.zeros((), dtype=torch.float64), 0
+        self._swap = contextlib.ExitStack()  # NT-ASGD: validate the averaged weights, then train on
+        if self.average is not None:
+            self._swap.enter_context(self.average.swapped())
 
     def validation_step(self, batch, batch_idx):
         x, y = batch
@@ -104,6 +133,10 @@ class LitLM(pl.LightningModule):
         self.val_tokens += y.numel()
 
     def on_validation_epoch_end(self) -> None:
+        with self._swap:
+            self.validation_result()
+
+    def validation_result(self) -> None:
         if self.trainer.sanity_checking:
             return
         nll, tokens = float(self.val_nll), self.val_tokens
@@ -119,6 +152,9 @@ class LitLM(pl.LightningModule):
                                  f"exploded to {score['loss']:.3g} nats/token")
         self.log_dict({"val/loss": score["loss"], "val/ppl": score["ppl"], "val/bpc": score["bpc"]}, prog_bar=True)
         self.history["val"].append([self.global_step, score["loss"], score["ppl"], score["bpc"]])
+        if self.average is not None and self.average.observe(score["loss"]):
+            print(f"NT-ASGD: no improvement in {self.average.nonmono} validations; averaging the weights from step "
+                  f"{self.global_step} on (optim.nonmono)")
 
     # --- optimiser and checkpoint state -----------------------------------------------------------------
 
@@ -161,6 +197,7 @@ class LitLM(pl.LightningModule):
             "history": self.history,
             "seconds": self.train_seconds(),
             "hidden": hidden,
+            "average": self.average.state_dict() if self.average is not None else None,
             "rng": {"torch": rng, "python": random.getstate(),
                     "numpy": [np_state[0], np_state[1].tolist(), *np_state[2:]]},
         }
@@ -169,6 +206,8 @@ class LitLM(pl.LightningModule):
         saved = checkpoint["rnnlab"]
         self.history, self.hidden = saved["history"], saved["hidden"]
         self._seconds_before = saved.get("seconds", 0.0)
+        if self.average is not None and saved.get("average"):
+            self.average.load_state_dict(saved["average"])
         rank, world, rng = self.trainer.global_rank, self.trainer.world_size, saved["rng"]["torch"]
         if (rng.dim() == 2) != (world > 1) or (world > 1 and len(rng) != world):
             raise UserError(f"the checkpoint was written by {len(rng) if rng.dim() == 2 else 1} training "

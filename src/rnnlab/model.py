@@ -133,22 +133,41 @@ class RNNLM(nn.Module):
 
     def core(self, emb: torch.Tensor, hidden: Hidden = None) -> tuple[torch.Tensor, Hidden]:
         """Embeddings (B, T, E) -> the recurrent core's outputs, dropout applied, ready for the head."""
+        out, hidden, _ = self.core_with_raw(emb, hidden)
+        return out, hidden
+
+    def core_with_raw(self, emb: torch.Tensor, hidden: Hidden = None) -> tuple[torch.Tensor, Hidden, torch.Tensor]:
+        """`core`, and the last layer's outputs before the output dropout (B, T, H), for TAR."""
         emb = self.dropout(emb, self.spec.input_dropout)
         if self.hand_written_bptt(emb):
             out, hidden = recurrence.run(self.rnn, emb, hidden)
         elif self.spec.cell == "lstm" and torch.is_autocast_enabled("cpu") and not cpu_runs_bf16_lstm():
             with torch.autocast("cpu", enabled=False):  # this CPU has no bf16 LSTM: the layer runs in fp32
-                out, hidden = self.rnn(emb.float(), tree_map(lambda h: h.float(), hidden))
+                out, hidden = self.recurrent(emb.float(), tree_map(lambda h: h.float(), hidden))
         else:
-            out, hidden = self.rnn(emb, hidden)  # (B, T, H); hidden (L, B, H) or a tuple of those
+            out, hidden = self.recurrent(emb, hidden)  # (B, T, H); hidden (L, B, H) or a tuple of those
         if self.spec.variational:
-            return self.dropout(out, self.spec.dropout), hidden
-        return self.drop(out), hidden
+            return self.dropout(out, self.spec.dropout), hidden, out
+        return self.drop(out), hidden, out
+
+    def recurrent(self, emb: torch.Tensor, hidden: Hidden) -> tuple[torch.Tensor, Hidden]:
+        """The torch cell. In training, `model.weight_drop` drops hidden-to-hidden weights (DropConnect, Wan et
+        al. 2013; AWD-LSTM's weight drop, Merity et al. 2018): one mask per call, the same at every step, on
+        every layer's `weight_hh`. The parameters stay the module's own (checkpoints, DDP and resume see the
+        usual names): the dropped copies are passed for this call only (torch.func.functional_call)."""
+        p = self.spec.weight_drop
+        if not (self.training and p > 0):
+            return self.rnn(emb, hidden)
+        dropped = {name: F.dropout(w, p, True) for name, w in self.rnn.named_parameters()
+                   if name.startswith("weight_hh")}
+        return torch.func.functional_call(self.rnn, dropped, (emb, hidden))
 
     def hand_written_bptt(self, emb: torch.Tensor) -> bool:
         """Whether this call runs rnnlab.recurrence (model.impl, see the module docstring)."""
         if self.spec.impl == "torch" or not torch.is_grad_enabled():
             return False
+        if self.training and self.spec.weight_drop > 0:
+            return False  # weight drop goes through the torch cell (rnnlab.recurrence has no mask)
         usable = recurrence.supports(self.rnn, emb)
         if self.spec.impl == "rnnlab" and not usable:
             raise UserError("model.impl=rnnlab needs a tanh RNN or GRU in fp32 on the CPU; use model.impl=auto "
@@ -182,18 +201,38 @@ class RNNLM(nn.Module):
 
     def features(self, tokens: torch.Tensor, hidden: Hidden = None) -> tuple[torch.Tensor, Hidden]:
         """Tokens (B, T) -> the head's input (B, T, H) and the state after the last step."""
+        h, hidden, _ = self.features_with_raw(tokens, hidden)
+        return h, hidden
+
+    def features_with_raw(self, tokens: torch.Tensor,
+                          hidden: Hidden = None) -> tuple[torch.Tensor, Hidden, torch.Tensor]:
+        """`features`, and the last layer's outputs before the output dropout (B, T, H), for TAR."""
         if not self.spec.reset_at_eos:
-            return self.core(self.embed(tokens), hidden)
+            return self.core_with_raw(self.embed(tokens), hidden)
         # Restart a stream from the zero state wherever its input is <eos> (the start token of a line):
         # the window is cut at every step where some row sees <eos>; between cuts the cell runs as usual.
         starts = tokens == EOS_ID  # (B, T)
         cuts = [0] + [t for t in starts.any(0).nonzero().flatten().tolist() if t > 0] + [tokens.size(1)]
-        pieces = []
+        pieces, raws = [], []
         for a, b in zip(cuts, cuts[1:]):
             hidden = reset_hidden_where(hidden, starts[:, a])
-            h, hidden = self.core(self.embed(tokens[:, a:b]), hidden)
+            h, hidden, raw = self.core_with_raw(self.embed(tokens[:, a:b]), hidden)
             pieces.append(h)
-        return torch.cat(pieces, dim=1), hidden  # (B, T, H)
+            raws.append(raw)
+        return torch.cat(pieces, dim=1), hidden, torch.cat(raws, dim=1)  # (B, T, H) each
+
+
+def activation_penalty(dropped: torch.Tensor, raw: torch.Tensor, ar: float, tar: float) -> torch.Tensor:
+    """Activation regularisation and temporal AR (Merity, McCann & Socher 2017, "Revisiting Activation
+    Regularization for Language RNNs"; AWD-LSTM's alpha and beta) on the last layer's outputs (B, T, H):
+    ar x mean(dropped²) keeps the outputs small; tar x mean((raw_t - raw_{t-1})²), before dropout, keeps
+    them slowly changing. Means over every element, as awd-lstm-lm's `.pow(2).mean()`."""
+    penalty = dropped.new_zeros(())
+    if ar:
+        penalty = penalty + ar * dropped.pow(2).mean()
+    if tar and raw.size(1) > 1:
+        penalty = penalty + tar * (raw[:, 1:] - raw[:, :-1]).pow(2).mean()
+    return penalty
 
 
 @functools.cache

@@ -195,6 +195,7 @@ class ModelSpec:
     embedding_dropout: float  # drops whole words from the embedding matrix (AWD-LSTM)
     variational: bool  # input and output dropout with one mask per sequence (Gal & Ghahramani 2016)
     impl: str  # auto | torch (nn.RNN/nn.GRU/nn.LSTM) | rnnlab (rnnlab.recurrence's BPTT; CPU, RNN/GRU)
+    weight_drop: float  # DropConnect on the hidden-to-hidden weights in training (AWD-LSTM's weight drop)
 
     def __post_init__(self) -> None:
         check_types(self, "model")
@@ -202,11 +203,14 @@ class ModelSpec:
         one_of("model.impl", self.impl, IMPLS)
         if self.impl == "rnnlab" and self.cell == "lstm":
             raise UserError("model.impl=rnnlab runs RNN and GRU cells only; use model.impl=auto or torch for the LSTM")
+        if self.impl == "rnnlab" and self.weight_drop > 0:
+            raise UserError("model.impl=rnnlab has no weight drop; use model.impl=auto (the torch cell whenever "
+                            "model.weight_drop is on) or torch")
         one_of("model.head", self.head, HEADS)
         one_of("model.init", self.init, INITS)
         for key in ("embedding_size", "hidden_size", "num_layers"):
             at_least(f"model.{key}", getattr(self, key), 1)
-        for key in ("dropout", "input_dropout", "embedding_dropout"):
+        for key in ("dropout", "input_dropout", "embedding_dropout", "weight_drop"):
             if not 0 <= getattr(self, key) < 1:
                 raise UserError(f"model.{key}={getattr(self, key)} must be in [0, 1)")
         if self.init_range <= 0:
@@ -235,12 +239,15 @@ class OptimSpec:
     plateau_patience: int
     step_start_epoch: int  # schedule=step: lr × step_factor after every epoch from this one on
     step_factor: float
+    ar: float  # activation regularisation: ar × mean(dropped outputs²) added to the loss (AWD-LSTM's alpha)
+    tar: float  # temporal AR: tar × mean((h_t - h_{t-1})²) of the outputs before dropout (AWD-LSTM's beta)
+    nonmono: int  # NT-ASGD: average the weights once validation has not improved for this many; 0: never
 
     def __post_init__(self) -> None:
         check_types(self, "optim")
         one_of("optim.algorithm", self.algorithm, tuple(OPTIMIZERS))
         one_of("optim.schedule", self.schedule, SCHEDULES)
-        for key in ("momentum", "weight_decay"):
+        for key in ("momentum", "weight_decay", "ar", "tar", "nonmono"):
             at_least(f"optim.{key}", getattr(self, key), 0)
         if self.lr <= 0:
             raise UserError(f"optim.lr={self.lr} must be positive")
@@ -254,6 +261,7 @@ class DataSpec:
     batch_size: int
     bptt: int
     eval_batch_size: int
+    variable_bptt: bool  # training windows of random length around bptt, the lr scaled to each (AWD-LSTM)
 
     def __post_init__(self) -> None:
         check_types(self, "data")

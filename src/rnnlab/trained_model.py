@@ -14,6 +14,7 @@ from pathlib import Path
 
 import torch
 
+from rnnlab import averaging
 from rnnlab.errors import UserError
 from rnnlab.files import atomic_write, reading, write_json
 from rnnlab.model import RNNLM, ModelSpec
@@ -76,7 +77,7 @@ def read_lightning_checkpoint(path: Path) -> tuple[dict, dict]:
     with reading(path, "give a .ckpt that rnnlab's training wrote (data/train/checkpoints/) or a model folder"):
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
         hp = ckpt["hyper_parameters"]
-        state = {k.removeprefix("model."): v for k, v in ckpt["state_dict"].items() if k.startswith("model.")}
+        state = {k.removeprefix("model."): v for k, v in averaging.weights(ckpt).items() if k.startswith("model.")}
         return state, checked_meta({"model": hp["model"], "vocab_size": hp["vocab_size"], "vocab_hash": hp["vocab_hash"]})
 
 

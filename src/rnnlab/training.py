@@ -60,10 +60,11 @@ def train(params: Params, reads: tuple[str, ...], extra_callbacks: list = ()) ->
 def fit(params: Params, logged: dict, logger, resume: Path | None, extra_callbacks: list = ()) -> dict:
     """Build the Trainer, fit (from `resume` if given), and write the outputs of a finished training
     (process 0 only; `logger` None in the others)."""
-    data, out = StreamDataModule(params.paths.vocab, params.data), Path(params.paths.train)
+    data, out = StreamDataModule(params.paths.vocab, params.data, params.seed), Path(params.paths.train)
     vocab_dir = data.vocab_dir
     vocab = vocab_dir.vocab()
-    lit = LitLM(len(vocab), vocab.hash, params.model, params.optim, vocab_dir.chars_per_token("val"))
+    lit = LitLM(len(vocab), vocab.hash, params.model, params.optim, vocab_dir.chars_per_token("val"),
+                lr_bptt=params.data.bptt if params.data.variable_bptt else None)
     best = ModelCheckpoint(dirpath=out / "checkpoints", filename="best", monitor="val/loss", mode="min",
                            save_top_k=1, save_last=True, auto_insert_metric_name=False, enable_version_counter=False)
     watching = callbacks.diagnostics(vocab, vocab_dir, params.gradstats, params.sample)
@@ -74,7 +75,8 @@ def fit(params: Params, logged: dict, logger, resume: Path | None, extra_callbac
                          plugins=[checkpoints.AtomicCheckpointIO()], enable_progress_bar=tty,
                          default_root_dir=out / "checkpoints",  # where SLURM's requeue checkpoint goes
                          inference_mode=False, num_sanity_val_steps=0, enable_model_summary=False,
-                         use_distributed_sampler=False)  # DDP: each process walks its own streams (data.py)
+                         use_distributed_sampler=False,  # DDP: each process walks its own streams (data.py)
+                         reload_dataloaders_every_n_epochs=int(params.data.variable_bptt))  # new windows each epoch
     trainer.fit(lit, data, ckpt_path=resume, weights_only=True)
     checkpoints.check_finished(trainer, out / "checkpoints")
     if not trainer.is_global_zero:
