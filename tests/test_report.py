@@ -1,5 +1,6 @@
 """The comparison table: headline metrics and the params that vary, within 120 columns, read from real MLflow runs."""
 
+import pytest
 from mlflow.tracking import MlflowClient
 
 from rnnlab import report
@@ -44,3 +45,13 @@ def test_a_wide_table_breaks_into_blocks_of_at_most_120_columns(fresh_mlflow_db,
     assert max(map(len, lines)) <= 120 and lines.count("") >= 2  # several blocks, a blank line between
     assert all(block.startswith("run ") for block in table.split("\n\n"))
     assert all(f"option_{k}" in table for k in range(8))
+
+
+def test_a_report_folder_that_cannot_be_made_is_one_line(tmp_path):
+    from rnnlab import report
+    from rnnlab.errors import UserError
+
+    (tmp_path / "reports").write_text("a file where the folder goes\n")
+    with pytest.raises(UserError, match=r"^cannot make the folder .*reports/sweep: .*; .*reports is a file, not a "
+                                        r"folder: move it, or choose another folder$"):
+        report.write(None, [], tmp_path / "reports" / "sweep", "title")

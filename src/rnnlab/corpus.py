@@ -228,13 +228,18 @@ def read_text(files: list[Input], spec: CorpusSpec, digest) -> str:
     return text.text()
 
 
-def read_files(spec: CorpusSpec, raw_dir: Path) -> tuple[Raw, str]:
-    """corpus=file: corpus.path (a path, a list of paths, or globs), or one such per split."""
+def file_inputs(spec: CorpusSpec) -> dict[str, list[Input]]:
+    """corpus=file: the files of each part ("text", or one entry per split), from corpus.path (a path, a list
+    of paths, or globs) or corpus.splits.<name>, each with the fix its read errors name."""
     given = {name: (value, f"corpus.splits.{name}") for name, value in spec.split_inputs.items()}
     given = given or {"text": (spec.path, "corpus.path")}
-    inputs = {name: [Input(p, str(p), f"check its permissions, or point {key} at a readable file")
-                     for p in resolve_paths(value, key)] for name, (value, key) in given.items()}
-    return read_inputs(inputs, spec)
+    return {name: [Input(p, str(p), f"check its permissions, or point {key} at a readable file")
+                   for p in resolve_paths(value, key)] for name, (value, key) in given.items()}
+
+
+def read_files(spec: CorpusSpec, raw_dir: Path) -> tuple[Raw, str]:
+    """corpus=file: corpus.path (a path, a list of paths, or globs), or one such per split."""
+    return read_inputs(file_inputs(spec), spec)
 
 
 def read_url(spec: CorpusSpec, raw_dir: Path) -> tuple[Raw, str]:
@@ -347,14 +352,11 @@ def preview(spec: CorpusSpec, raw_dir: str | Path) -> dict[str, str] | None:
     if spec.source == "url":
         return None
     if spec.source == "file":
-        given = {name: (value, f"corpus.splits.{name}") for name, value in spec.split_inputs.items()}
-        paths = [p for value, key in (given or {"text": (spec.path, "corpus.path")}).values()
-                 for p in resolve_paths(value, key)]
-        for path in paths:
-            fix = "check its permissions, or point corpus.path at a readable file"
-            with read_errors(path, fix), open(path, "rb") as fh:
+        inputs = [one for part in file_inputs(spec).values() for one in part]
+        for one in inputs:
+            with read_errors(one.path, one.fix), open(one.path, "rb") as fh:
                 fh.read(1)
-        if spec.max_chars is None and sum(p.stat().st_size for p in paths) > PREVIEW_BYTES:
+        if spec.max_chars is None and sum(Path(one.path).stat().st_size for one in inputs) > PREVIEW_BYTES:
             return None
     return split_corpus(spec, raw_dir)[0]
 

@@ -84,6 +84,22 @@ def file_in_the_way(folder: Path) -> Path | None:
     return None
 
 
+def make_folder(folder: str | Path) -> Path:
+    """`mkdir -p folder`; a folder that cannot be made (a file in the way, no permission) is one UserError."""
+    folder = Path(folder)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        if err.errno is None:
+            raise
+        blocker = file_in_the_way(folder)
+        fix = (f"{blocker} is a file, not a folder: move it" if blocker else
+               f"make {existing_folder(folder.parent)} writable")
+        raise UserError(f"cannot make the folder {folder}: {err.strerror or err}; {fix}, or choose another "
+                        "folder") from None
+    return folder
+
+
 def existing_folder(folder: Path) -> Path:
     """`folder`, or the nearest parent that exists (the one whose permissions matter)."""
     return next((part for part in [folder, *folder.parents] if part.is_dir()), folder)

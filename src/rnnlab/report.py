@@ -14,7 +14,7 @@ import tempfile
 from pathlib import Path
 from statistics import fmean
 
-from rnnlab.files import write_text
+from rnnlab.files import make_folder, write_text
 
 GTT = re.compile(r"gtt/d(\d+)")
 
@@ -163,7 +163,7 @@ def plots(client, runs: list, out: Path) -> None:
 def write(client, runs: list, out_dir: str | Path, title: str) -> str:
     """Write report.md, gradient_through_time.png and val_loss.png into out_dir; returns the compact table."""
     out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
+    make_folder(out)
     rows = [row(client, run) for run in runs]
     plots(client, runs, out)
     write_text(out / "report.md", markdown(rows, title))

@@ -28,6 +28,7 @@ from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 
 from rnnlab.errors import UserError, entry_point
+from rnnlab.files import make_folder
 from rnnlab.params import Params, build, digest, from_dict
 from rnnlab.schema import TrackingSpec
 from rnnlab.tracking import ensure_experiment, tracking_uri
@@ -98,7 +99,7 @@ def end_parent(uri: str, status: str) -> None:
 def claim(sweep_dir: Path) -> None:
     """Make `sweep_dir` this sweep's own: two sweeps never write into each other's jobs. Its name has the
     start time to the microsecond; should two sweeps still get the same one, the second stops here."""
-    sweep_dir.mkdir(parents=True, exist_ok=True)
+    make_folder(sweep_dir)
     try:
         os.close(os.open(sweep_dir / ".sweep", os.O_CREAT | os.O_EXCL | os.O_WRONLY))
     except FileExistsError:
@@ -127,7 +128,7 @@ def once(folder: str | Path, build: Callable[[], None]) -> None:
     """Run `build` (which writes `folder`) unless another job already did; parallel jobs wait."""
     folder = Path(folder)
     done = folder / ".done"
-    folder.parent.mkdir(parents=True, exist_ok=True)
+    make_folder(folder.parent)
     with FileLock(str(folder) + ".lock"):
         if not done.exists():
             build()

@@ -21,6 +21,7 @@ import urllib.request
 from pathlib import Path
 
 from rnnlab.errors import UserError
+from rnnlab.files import make_folder
 from rnnlab.params import Params, digest
 from rnnlab.schema import TrackingSpec
 
@@ -160,7 +161,7 @@ def ensure_experiment(uri: str, experiment: str) -> str:
     lock = contextlib.nullcontext()
     if uri.startswith("sqlite:///"):
         db = Path(uri[len("sqlite:///"):])
-        db.parent.mkdir(parents=True, exist_ok=True)
+        make_folder(db.parent)
         lock = FileLock(f"{db}.lock")
     with lock:
         client = MlflowClient(uri)
