@@ -115,6 +115,17 @@ def runs_val_loss(curves: list[tuple[str, list[int], list[float]]], path: str | 
     _runs(curves, path, "major", xlabel="step", ylabel="val loss (nats/token, log scale)", title="Validation loss")
 
 
+def learning_curves(curves: list[tuple[str, list[int], list[float]]], path: str | Path, title: str) -> None:
+    """Validation perplexity after each epoch, one line per run (label, epochs, perplexities), log scale."""
+    fig, ax = figure(grid="both")
+    for label, epochs, ppl in curves:
+        ax.semilogy(epochs, ppl, marker="o", markersize=3, label=label)
+    ax.set(xlabel="epoch", ylabel="validation perplexity (log scale)", title=title)
+    if ax.get_legend_handles_labels()[0]:
+        ax.legend(fontsize=8)
+    save(fig, path)
+
+
 def _runs(curves: list[tuple[str, list, list[float]]], path: str | Path, grid: str, **labels: str) -> None:
     """One log-scale line with markers per run; a legend when there is any run."""
     fig, ax = figure(grid=grid)
