@@ -120,6 +120,11 @@ def learning_curves(curves: list[tuple[str, list[int], list[float]]], path: str 
     fig, ax = figure(grid="both")
     for label, epochs, ppl in curves:
         ax.semilogy(epochs, ppl, marker="o", markersize=3, label=label)
+    from matplotlib.ticker import FuncFormatter
+
+    plain = FuncFormatter(lambda value, _: f"{value:g}")  # 120, not 1.2 x 10^2
+    ax.yaxis.set_major_formatter(plain)
+    ax.yaxis.set_minor_formatter(plain)
     ax.set(xlabel="epoch", ylabel="validation perplexity (log scale)", title=title)
     if ax.get_legend_handles_labels()[0]:
         ax.legend(fontsize=8)
