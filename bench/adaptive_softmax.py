@@ -28,8 +28,7 @@ BATCH, BPTT = 32, 35
 
 
 def plays_as_words() -> tuple[vocab.Vocab, torch.Tensor, torch.Tensor]:
-    text, _ = corpus.read_shakespeare(conf_spec("corpus"), Path("data/raw"))
-    parts = corpus.split(corpus.clean(text, conf_spec("corpus")), conf_spec("corpus", val_frac=0.05, test_frac=0.0))
+    parts = corpus.preview(conf_spec("corpus", val_frac=0.05, test_frac=0.0), Path("data/raw"))  # as prepare splits
     v = vocab.build(parts["train"], conf_spec("vocab", level="word", min_freq=1), False)
     return v, torch.from_numpy(v.encode(parts["train"]).astype("int64")), \
         torch.from_numpy(v.encode(parts["val"]).astype("int64"))

@@ -162,3 +162,106 @@ def test_unk_token_has_no_effect_at_char_level():
 def test_bad_unk_token(bad):
     with pytest.raises(UserError, match="vocab.unk_token="):
         conf_spec("vocab", level="word", unk_token=bad)
+
+
+# --- block by block: the vocab stage's memory is a block's, its files those of the whole text --------------
+
+BLOCK_PIECES = ["the", "cat", "ran", " ", " ", "\n", "\n", "\n\n", ".", "'", "é", "𝄞", "ΟΔΟΣ", "Σ", "İ", "<unk>",
+                "<UNK>", "\r", "\t", "日本"]
+
+
+def write_prepared(folder, texts: dict[str, str]):
+    folder.mkdir(parents=True, exist_ok=True)
+    for name, text in texts.items():
+        (folder / f"{name}.txt").write_bytes(text.encode())
+    return folder
+
+
+@pytest.mark.parametrize("kw, line_corpus", [
+    ({"level": "char"}, False), ({"level": "char", "lowercase": True}, True), ({"level": "char", "min_freq": 3}, False),
+    ({"level": "word", "min_freq": 1}, False), ({"level": "word", "lowercase": True, "max_size": 30}, True),
+    ({"level": "word", "tokenizer": "whitespace", "unk_token": "<UNK>"}, False),
+])
+def test_blocks_encode_as_the_whole_text_does(tmp_path, monkeypatch, kw, line_corpus):
+    """Splits read in blocks of a few characters (SplitBlocks) give the files of encoding each split whole,
+    and each .npy holds the bytes np.save writes for the ids of the whole text (an empty test split too)."""
+    import random
+    import io
+
+    from rnnlab import corpus
+
+    rng = random.Random(str(kw))
+    texts = {name: "".join(rng.choice(BLOCK_PIECES) for _ in range(n)) for name, n in
+             (("train", 3000), ("val", 300), ("test", rng.choice([0, 200])))}
+    spec = conf_spec("vocab", **kw)
+    whole = V.build_and_encode(texts, spec, line_corpus, tmp_path / "whole")
+    monkeypatch.setattr(corpus, "BLOCK", 7)
+    prepared = write_prepared(tmp_path / "prepared", texts)
+    assert "".join(corpus.SplitBlocks(prepared, "train")) == texts["train"]
+    blocks = V.build_and_encode({name: corpus.SplitBlocks(prepared, name) for name in texts}, spec, line_corpus,
+                                tmp_path / "blocks")
+    assert blocks == whole
+    voc = V.VocabDir(tmp_path / "blocks").vocab()
+    for name, text in texts.items():
+        written = (tmp_path / "blocks" / f"{name}.npy").read_bytes()
+        assert written == (tmp_path / "whole" / f"{name}.npy").read_bytes()
+        if voc.level == "char":  # the oracle: one lookup per character (per token below)
+            chars = text.lower() if voc.lowercase else text
+            ids = [V.EOS_ID if c == "\n" and voc.newline_is_eos else voc.index.get(c, V.UNK_ID) for c in chars]
+        else:
+            ids = [voc.index.get(tok, V.UNK_ID) for tok in voc.tokenize(text)]
+        saved = io.BytesIO()
+        np.save(saved, np.array(ids, dtype=voc.dtype), allow_pickle=False)
+        assert written == saved.getvalue()
+    assert (tmp_path / "blocks" / "vocab.json").read_bytes() == (tmp_path / "whole" / "vocab.json").read_bytes()
+
+
+def test_split_blocks_are_whole_lines(tmp_path):
+    from rnnlab import corpus
+
+    texts = {"train": "ab\ncd\n" + "x" * 50 + "\nlast", "val": "", "test": "\n\n\n"}
+    prepared = write_prepared(tmp_path, texts)
+    for name, text in texts.items():
+        blocks = list(corpus.SplitBlocks(prepared, name, size=4))
+        assert "".join(blocks) == text == corpus.read_split(prepared, name)
+        assert all(block.endswith("\n") for block in blocks[:-1]) and all(blocks[:-1])
+    assert list(corpus.SplitBlocks(prepared, "val")) == [""]  # word level: an empty split is one <eos>
+    assert list(corpus.SplitBlocks(prepared, "train", size=4))[2] == "x" * 50 + "\n"  # a long line, a long block
+
+
+def test_a_damaged_split_is_one_line_before_anything_is_written(tmp_path):
+    from conftest import tiny_params
+    from rnnlab.stages import prepare as prepare_stage
+    from rnnlab.stages import vocab as vocab_stage
+
+    params = tiny_params(tmp_path)
+    prepare_stage.run(params)
+    val = tmp_path / "data" / "prepared" / "val.txt"
+    val.write_bytes(val.read_bytes()[:50] + b"\xff" + val.read_bytes()[50:])
+    with pytest.raises(UserError) as err:
+        vocab_stage.run(params)
+    assert str(err.value).startswith(f"{val} is damaged or not a file rnnlab wrote (UnicodeDecodeError")
+    assert not (tmp_path / "data" / "vocab").exists() or not list((tmp_path / "data" / "vocab").iterdir())
+
+
+@pytest.mark.parametrize("level, lines, limit_mb", [("char", 100_000, 16), ("word", 20_000, 6)])
+def test_the_vocab_stage_takes_the_memory_of_a_block(tmp_path, monkeypatch, level, lines, limit_mb):
+    """Given whole (a str per split), the same stage takes 77 MB at char level for the 4.4 MB train split (a
+    str of 4 bytes a character, its code points, its ids) and 20 MB at word level for the 0.9 MB one (its
+    tokens); in blocks, 12 MB (mostly the counts and the id table of every code point) and 2 MB."""
+    import tracemalloc
+
+    from rnnlab import corpus
+
+    line = "the cat , which ate the fish 🙂 , was full .\n"  # the emoji: 4 bytes a character in a str
+    prepared = write_prepared(tmp_path / "prepared", {"train": line * lines, "val": line * 100, "test": line})
+    spec = conf_spec("vocab", level=level)
+    monkeypatch.setattr(corpus, "BLOCK", 1 << 16)
+    tracemalloc.start()
+    try:
+        V.build_and_encode({name: corpus.SplitBlocks(prepared, name) for name in corpus.SPLITS}, spec, False,
+                           tmp_path / "vocab")
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < limit_mb * 2**20

