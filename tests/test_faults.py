@@ -94,7 +94,8 @@ def test_a_checkpoint_without_a_lightning_section_is_not_resumed(vocab_dir, tmp_
     ckpt = torch.load(ckpts / "last.ckpt", weights_only=True)
     del ckpt["lr_schedulers"]
     torch.save(ckpt, ckpts / "last.ckpt")
-    assert checkpoints.readable(ckpts / "last.ckpt") == "not a checkpoint of this rnnlab version"
+    assert checkpoints.readable(ckpts / "last.ckpt")== ("not a checkpoint of this rnnlab version "
+                                                       "('lr_schedulers' should be a list)")
 
 
 def test_run_json_with_a_number_as_run_id_starts_afresh(vocab_dir, tmp_path, capsys):
@@ -102,7 +103,7 @@ def test_run_json_with_a_number_as_run_id_starts_afresh(vocab_dir, tmp_path, cap
     state = json.loads((ckpts / "run.json").read_text())
     (ckpts / "run.json").write_text(json.dumps(state | {"run_id": 5}))
     assert run_training(tiny_job(vocab_dir, tmp_path))["step"] == 30
-    assert "run.json is not what rnnlab writes; starting afresh" in capsys.readouterr().err
+    assert "run.json is not what rnnlab writes ('run_id' should be a str or null); starting afresh" in capsys.readouterr().err
 
 
 def test_truncated_run_json_starts_afresh(vocab_dir, tmp_path, capsys):

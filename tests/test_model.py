@@ -160,6 +160,26 @@ def test_reset_at_eos_restarts_each_line_from_the_zero_state():
     assert torch.allclose(logits, torch.cat([first, second], dim=1), atol=1e-6)
 
 
+@pytest.mark.parametrize("cell", ["rnn", "gru"])
+def test_reset_at_eos_in_training_is_the_same_in_both_recurrences(cell):
+    """Training with gradients: rnnlab.recurrence resets inside its loop (one call per window), the torch
+    cell cuts the window at each <eos>; same outputs, same gradients."""
+    kw = dict(cell=cell, embedding_size=4, hidden_size=5, num_layers=2, reset_at_eos=True, dropout=0.0)
+    models = []
+    for impl in ("rnnlab", "torch"):
+        torch.manual_seed(0)
+        models.append(RNNLM(6, conf_spec("model", impl=impl, **kw)).train())
+    stream = torch.tensor([[0, 2, 3, 0, 4, 5, 2], [3, 0, 1, 1, 2, 0, 0]])
+    hidden = torch.randn(2, 2, 5)
+    outs = [m(stream, hidden=hidden)[0] for m in models]
+    assert models[0].hand_written_bptt(models[0].embed(stream))
+    torch.testing.assert_close(outs[0], outs[1], rtol=1e-5, atol=1e-6)
+    for out in outs:
+        (out * torch.linspace(-1, 1, out.numel()).view_as(out)).sum().backward()
+    for (name, a), b in zip(models[0].named_parameters(), models[1].parameters()):
+        torch.testing.assert_close(a.grad, b.grad, rtol=1e-4, atol=1e-6, msg=name)
+
+
 # --- the adaptive head, tying, dropout variants, init (issue 13) -------------------------------------------
 
 

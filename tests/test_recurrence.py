@@ -17,7 +17,8 @@ def gradients(module: nn.RNNBase, x: torch.Tensor, h0: torch.Tensor | None, fn) 
     """Outputs and the gradients of a random linear function of (outputs, last state) w.r.t. everything."""
     torch.manual_seed(1)
     out, last = fn(x, h0)
-    loss = (out * torch.randn_like(out)).sum() + (last * torch.randn_like(last)).sum()
+    # randn(shape), not randn_like: the latter fills in memory order, so a transposed view would get other weights
+    loss = (out * torch.randn(out.shape, dtype=out.dtype)).sum() + (last * torch.randn(last.shape, dtype=last.dtype)).sum()
     inputs = [x, *([h0] if h0 is not None else []), *module.parameters()]
     return (out.detach(), last.detach(), *torch.autograd.grad(loss, inputs))
 
@@ -39,6 +40,60 @@ def test_matches_the_pytorch_module(cls, num_layers, with_state):
     for g, e in zip(got, expected):
         assert g.shape == e.shape
         torch.testing.assert_close(g, e, rtol=1e-10, atol=1e-12)
+
+
+def cut_at_starts(module: nn.RNNBase, starts: torch.Tensor):
+    """The reference for `starts`: the module itself, one call per piece between resets, each row's state
+    zeroed where its piece starts with a reset (RNNLM's path for the torch cells)."""
+
+    def fn(x, h0):
+        cuts = [0] + [t for t in starts.any(0).nonzero().flatten().tolist() if t > 0] + [x.shape[1]]
+        hidden = h0 if h0 is not None else x.new_zeros(module.num_layers, x.shape[0], module.hidden_size)
+        outs = []
+        for a, b in zip(cuts, cuts[1:]):
+            out, hidden = module(x[:, a:b], hidden.masked_fill(starts[None, :, a, None], 0.0))
+            outs.append(out)
+        return torch.cat(outs, 1), hidden
+
+    return fn
+
+
+@pytest.mark.parametrize("num_layers", [1, 2])
+@pytest.mark.parametrize("cls", [nn.GRU, nn.RNN])
+def test_resets_inside_the_loop_match_cutting_the_window(cls, num_layers):
+    torch.manual_seed(0)
+    module = cls(E, H, num_layers, batch_first=True).double()
+    for p in module.parameters():
+        nn.init.uniform_(p, -0.5, 0.5)
+    x = torch.randn(B, T, E, dtype=torch.float64, requires_grad=True)
+    h0 = torch.randn(num_layers, B, H, dtype=torch.float64, requires_grad=True)
+    starts = torch.zeros(B, T, dtype=torch.bool)
+    starts[0, [0, 4, 5]] = True  # a reset at the first step (h0 is dropped for that row) and two in a row
+    starts[1, [9, 16]] = True  # one at the last step
+    starts[2, 3] = True
+    expected = gradients(module, x, h0, cut_at_starts(module, starts))
+    got = gradients(module, x, h0, lambda x, h: recurrence.run(module, x, h, starts))
+    for g, e in zip(got, expected):
+        torch.testing.assert_close(g, e, rtol=1e-10, atol=1e-12)
+    assert got[3][:, 0].abs().sum() == 0 and got[3][:, 1].abs().sum() > 0  # no gradient reaches a reset h0 row
+    no_resets = gradients(module, x, h0, lambda x, h: recurrence.run(module, x, h, torch.zeros_like(starts)))
+    for g, e in zip(no_resets, gradients(module, x, h0, module)):  # an all-false mask: the plain layer
+        torch.testing.assert_close(g, e, rtol=1e-10, atol=1e-12)
+
+
+@pytest.mark.parametrize("cls", [nn.GRU, nn.RNN])
+def test_weight_drop_is_the_module_run_with_the_same_dropped_weights(cls):
+    torch.manual_seed(0)
+    module = cls(E, H, 2, batch_first=True).double()
+    x = torch.randn(B, T, E, dtype=torch.float64)
+    torch.manual_seed(3)
+    got = recurrence.run(module, x, None, weight_drop=0.5)[0]
+    torch.manual_seed(3)  # the same draws: one F.dropout per W_hh, in layer order, before the first layer
+    dropped = {f"weight_hh_l{l}": nn.functional.dropout(getattr(module, f"weight_hh_l{l}"), 0.5, True)
+               for l in range(2)}
+    expected = torch.func.functional_call(module, dropped, (x,))[0]
+    torch.testing.assert_close(got, expected, rtol=1e-10, atol=1e-12)
+    assert not torch.allclose(got, module(x)[0])
 
 
 def test_supports_only_what_it_computes():

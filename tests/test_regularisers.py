@@ -64,13 +64,22 @@ def test_weight_drop_is_dropconnect_on_every_recurrent_weight_with_one_mask_per_
     assert [n for n, _ in model.named_parameters()] == [n for n, _ in hand.named_parameters()]  # same names
 
 
-def test_weight_drop_is_refused_with_the_hand_written_recurrence():
-    with pytest.raises(UserError, match="model.impl=rnnlab has no weight drop"):
-        conf_spec("model", cell="gru", impl="rnnlab", weight_drop=0.5)
-    x = torch.randint(0, V, (2, 5))
-    model = tiny("gru", weight_drop=0.5).train()  # impl auto: the torch cell while weights are dropped
-    assert not model.hand_written_bptt(model.embed(x))
-    assert model.eval().hand_written_bptt(model.embed(x))  # evaluation with gradients: rnnlab.recurrence again
+@pytest.mark.parametrize("cell", ["rnn", "gru"])
+def test_weight_drop_in_the_hand_written_recurrence_is_the_torch_cells(cell):
+    """impl=auto runs RNN/GRU weight drop in rnnlab.recurrence, with the torch path's draws and result."""
+    x = torch.randint(0, V, (3, 7))
+    kw = dict(weight_drop=0.5, dropout=0.0, input_dropout=0.0, embedding_dropout=0.0)
+    ours, torch_cell = tiny(cell, impl="rnnlab", **kw).train(), tiny(cell, impl="torch", **kw).train()
+    assert ours.hand_written_bptt(ours.embed(x)) and not torch_cell.hand_written_bptt(torch_cell.embed(x))
+    torch.manual_seed(5)
+    got = ours(x)[0]
+    torch.manual_seed(5)
+    expected = torch_cell(x)[0]
+    torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-6)
+    got.sum().backward()
+    expected.sum().backward()
+    for (name, a), b in zip(ours.named_parameters(), torch_cell.parameters()):
+        torch.testing.assert_close(a.grad, b.grad, rtol=1e-4, atol=1e-5, msg=name)
 
 
 # --- AR / TAR ----------------------------------------------------------------------------------------------

@@ -81,7 +81,7 @@ class Average:
             p.copy_(self.mean[name])
 
     def state_dict(self) -> dict:
-        return {"nonmono": self.nonmono, "losses": list(self.losses), "count": self.count, "mean": self.mean}
+        return {"losses": list(self.losses), "count": self.count, "mean": self.mean}
 
     def load_state_dict(self, state: dict) -> None:
         self.losses, self.count = list(state["losses"]), int(state["count"])

@@ -23,7 +23,7 @@ from lightning.pytorch.plugins.io import TorchCheckpointIO
 
 from rnnlab import averaging
 from rnnlab.errors import UserError
-from rnnlab.files import atomic_write, write_json
+from rnnlab.files import atomic_write, shape_error, write_json
 
 RESUME_ENV = "RNNLAB_RESUME_CHECKPOINT"
 
@@ -51,8 +51,8 @@ def readable(path: Path) -> str | None:
         return (str(err).strip().splitlines() or [type(err).__name__])[0][:120]
     shapes = {"rnnlab": dict, "state_dict": dict, "loops": dict, "optimizer_states": list, "lr_schedulers": list,
               "callbacks": dict, "pytorch-lightning_version": str, "global_step": int, "epoch": int}
-    ok = isinstance(ckpt, dict) and all(isinstance(ckpt.get(key), kind) for key, kind in shapes.items())
-    return None if ok else "not a checkpoint of this rnnlab version"
+    why = shape_error(ckpt, shapes)
+    return None if why is None else f"not a checkpoint of this rnnlab version ({why})"
 
 
 def resume_point(ckpt_dir: Path, phash: str, clean: bool = True) -> tuple[Path, str] | None:
@@ -65,9 +65,9 @@ def resume_point(ckpt_dir: Path, phash: str, clean: bool = True) -> tuple[Path, 
     except (json.JSONDecodeError, UnicodeDecodeError, OSError) as err:
         print(f"note: {ckpt_dir / 'run.json'} cannot be read ({err}); starting afresh", file=sys.stderr)
         state = None
-    if state is not None and not (isinstance(state, dict) and isinstance(state.get("params_hash"), str)
-                                  and isinstance(state.get("run_id"), (str, type(None)))):
-        print(f"note: {ckpt_dir / 'run.json'} is not what rnnlab writes; starting afresh", file=sys.stderr)
+    why = None if state is None else shape_error(state, {"params_hash": str, "run_id": (str, type(None))})
+    if why:
+        print(f"note: {ckpt_dir / 'run.json'} is not what rnnlab writes ({why}); starting afresh", file=sys.stderr)
         state = None
     if state and state.get("params_hash") == phash and not state.get("complete"):
         for path in candidates(ckpt_dir):

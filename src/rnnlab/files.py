@@ -63,6 +63,21 @@ def write_errors(path: Path):
         raise UserError(f"cannot write {path}: {err.strerror or err}; {write_fix(path, err)}") from None
 
 
+def shape_error(obj: Any, shapes: dict[str, type | tuple[type, ...]]) -> str | None:
+    """None when `obj` is a dict whose every key in `shapes` holds a value of that type (a bool is not an
+    int; `type(None)` allows null), else what is wrong, in a few words: for the JSON and checkpoint files rnnlab
+    reads back (meta.json, run.json, stats.json, .ckpt), so another file's shape is one clear line."""
+    if not isinstance(obj, dict):
+        return f"a JSON object expected, not {type(obj).__name__}"
+    for key, kind in shapes.items():
+        kinds = kind if isinstance(kind, tuple) else (kind,)
+        value = obj.get(key)
+        if not isinstance(value, kinds) or (isinstance(value, bool) and bool not in kinds):
+            names = " or ".join("null" if k is type(None) else k.__name__ for k in kinds)
+            return f"{key!r} should be a {names}"
+    return None
+
+
 def write_fix(path: Path, err: OSError) -> str:
     """What to do when `path` cannot be written for the reason `err`."""
     if err.errno in NO_SPACE:

@@ -5,8 +5,8 @@ All three cells share one `forward(tokens, hidden) -> (scores, hidden)`; the cel
 in `rnnlab.choices.CELLS` (its torch.nn module). Who runs backpropagation through time in training is
 explicit, `model.impl`: `torch` always calls the nn module; `rnnlab` runs RNN and GRU layers through
 rnnlab.recurrence (the same maths, written out: one matmul per step and a hand-written backward, faster on
-a CPU); `auto` (the default) uses rnnlab.recurrence where it applies (CPU, gradients on, fp32, RNN/GRU)
-and the nn module elsewhere. Evaluation and sampling (no gradients) always run the nn module. The head (`model.head`) is a linear layer over the vocabulary with a softmax (`full`; scores are
+a CPU; it also applies `reset_at_eos` and weight drop inside its loop); `auto` (the default) uses
+rnnlab.recurrence where it applies (CPU, gradients on, fp32, RNN/GRU) and the nn module elsewhere. Evaluation and sampling (no gradients) always run the nn module. The head (`model.head`) is a linear layer over the vocabulary with a softmax (`full`; scores are
 logits) or the adaptive softmax of Grave et al. 2017 (`adaptive`, `torch.nn.AdaptiveLogSoftmaxWithLoss`;
 scores are log-probabilities over the full vocabulary, so sampling and the probes treat both alike). For
 the loss, `features` + `nll` skip the full distribution: the adaptive head then computes only the clusters
@@ -136,11 +136,14 @@ class RNNLM(nn.Module):
         out, hidden, _ = self.core_with_raw(emb, hidden)
         return out, hidden
 
-    def core_with_raw(self, emb: torch.Tensor, hidden: Hidden = None) -> tuple[torch.Tensor, Hidden, torch.Tensor]:
-        """`core`, and the last layer's outputs before the output dropout (B, T, H), for TAR."""
+    def core_with_raw(self, emb: torch.Tensor, hidden: Hidden = None,
+                      starts: torch.Tensor | None = None) -> tuple[torch.Tensor, Hidden, torch.Tensor]:
+        """`core`, and the last layer's outputs before the output dropout (B, T, H), for TAR. `starts` (B, T):
+        where to restart from the zero state (`reset_at_eos`), for rnnlab.recurrence only."""
         emb = self.dropout(emb, self.spec.input_dropout)
         if self.hand_written_bptt(emb):
-            out, hidden = recurrence.run(self.rnn, emb, hidden)
+            drop = self.spec.weight_drop if self.training else 0.0
+            out, hidden = recurrence.run(self.rnn, emb, hidden, starts, drop)
         elif self.spec.cell == "lstm" and torch.is_autocast_enabled("cpu") and not cpu_runs_bf16_lstm():
             with torch.autocast("cpu", enabled=False):  # this CPU has no bf16 LSTM: the layer runs in fp32
                 out, hidden = self.recurrent(emb.float(), tree_map(lambda h: h.float(), hidden))
@@ -166,8 +169,6 @@ class RNNLM(nn.Module):
         """Whether this call runs rnnlab.recurrence (model.impl, see the module docstring)."""
         if self.spec.impl == "torch" or not torch.is_grad_enabled():
             return False
-        if self.training and self.spec.weight_drop > 0:
-            return False  # weight drop goes through the torch cell (rnnlab.recurrence has no mask)
         usable = recurrence.supports(self.rnn, emb)
         if self.spec.impl == "rnnlab" and not usable:
             raise UserError("model.impl=rnnlab needs a tanh RNN or GRU in fp32 on the CPU; use model.impl=auto "
@@ -207,16 +208,20 @@ class RNNLM(nn.Module):
     def features_with_raw(self, tokens: torch.Tensor,
                           hidden: Hidden = None) -> tuple[torch.Tensor, Hidden, torch.Tensor]:
         """`features`, and the last layer's outputs before the output dropout (B, T, H), for TAR."""
+        emb = self.embed(tokens)
         if not self.spec.reset_at_eos:
-            return self.core_with_raw(self.embed(tokens), hidden)
-        # Restart a stream from the zero state wherever its input is <eos> (the start token of a line):
-        # the window is cut at every step where some row sees <eos>; between cuts the cell runs as usual.
+            return self.core_with_raw(emb, hidden)
+        # Restart a stream from the zero state wherever its input is <eos> (the start token of a line).
         starts = tokens == EOS_ID  # (B, T)
+        if self.hand_written_bptt(emb):  # inside rnnlab.recurrence's loop: one call per window
+            return self.core_with_raw(emb, hidden, starts)
+        # The torch cells: the window is cut at every step where some row sees <eos>; between cuts the cell
+        # runs as usual (one call per piece, so the dropout masks are drawn per piece).
         cuts = [0] + [t for t in starts.any(0).nonzero().flatten().tolist() if t > 0] + [tokens.size(1)]
         pieces, raws = [], []
         for a, b in zip(cuts, cuts[1:]):
             hidden = reset_hidden_where(hidden, starts[:, a])
-            h, hidden, raw = self.core_with_raw(self.embed(tokens[:, a:b]), hidden)
+            h, hidden, raw = self.core_with_raw(emb[:, a:b], hidden)
             pieces.append(h)
             raws.append(raw)
         return torch.cat(pieces, dim=1), hidden, torch.cat(raws, dim=1)  # (B, T, H) each

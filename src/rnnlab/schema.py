@@ -203,9 +203,6 @@ class ModelSpec:
         one_of("model.impl", self.impl, IMPLS)
         if self.impl == "rnnlab" and self.cell == "lstm":
             raise UserError("model.impl=rnnlab runs RNN and GRU cells only; use model.impl=auto or torch for the LSTM")
-        if self.impl == "rnnlab" and self.weight_drop > 0:
-            raise UserError("model.impl=rnnlab has no weight drop; use model.impl=auto (the torch cell whenever "
-                            "model.weight_drop is on) or torch")
         one_of("model.head", self.head, HEADS)
         one_of("model.init", self.init, INITS)
         for key in ("embedding_size", "hidden_size", "num_layers"):

@@ -16,7 +16,7 @@ import torch
 
 from rnnlab import averaging
 from rnnlab.errors import UserError
-from rnnlab.files import atomic_write, reading, write_json
+from rnnlab.files import atomic_write, reading, shape_error, write_json
 from rnnlab.model import RNNLM, ModelSpec
 from rnnlab.vocab import Vocab, VocabDir
 
@@ -60,14 +60,9 @@ def load(path: str | Path, vocab: Vocab) -> tuple[RNNLM, dict]:
 
 def checked_meta(meta) -> dict:
     """meta.json as `save` writes it, else a TypeError naming the field (inside `reading`: one line)."""
-    shapes = {"model": dict, "vocab_size": int, "vocab_hash": str}
-    if not isinstance(meta, dict):
-        raise TypeError(f"a JSON object expected, not {type(meta).__name__}")
-    for key, kind in shapes.items():
-        if not isinstance(meta.get(key), kind) or isinstance(meta.get(key), bool):
-            raise TypeError(f"{key!r} should be a {kind.__name__}")
-    if not isinstance(meta.get("mlflow_run_id"), (str, type(None))):
-        raise TypeError("'mlflow_run_id' should be a string or null")
+    why = shape_error(meta, {"model": dict, "vocab_size": int, "vocab_hash": str, "mlflow_run_id": (str, type(None))})
+    if why:
+        raise TypeError(why)
     return meta
 
 

@@ -35,7 +35,7 @@ from typing import IO, Iterable, Mapping
 import numpy as np
 
 from rnnlab.errors import UserError
-from rnnlab.files import atomic_write, reading, write_json
+from rnnlab.files import atomic_write, reading, shape_error, write_json
 from rnnlab.choices import TOKENIZERS
 from rnnlab.schema import VocabSpec
 
@@ -240,10 +240,12 @@ class VocabDir:
             raise UserError(f"no vocabulary statistics in {self.path}; run the vocab stage first: dvc repro vocab")
         with reading(self.path / "stats.json", FIX):
             stats = dict(json.loads((self.path / "stats.json").read_text(encoding="utf-8")))
-            splits = stats["splits"]
-            if not isinstance(stats["size"], int) or not all(
-                    isinstance(splits[name][key], (int, float)) for name in splits for key in ("tokens", "chars", "oov_rate")):
-                raise ValueError("numbers expected for size and each split's tokens, chars and oov_rate")
+            counts = {"tokens": int, "chars": int, "oov_rate": (int, float)}
+            why = shape_error(stats, {"size": int, "splits": dict}) or next(
+                (f"split {name!r}: {why}" for name, split in stats["splits"].items()
+                 if (why := shape_error(split, counts))), None)
+            if why:
+                raise ValueError(why)
             return stats
 
     def chars_per_token(self, split: str) -> float:
