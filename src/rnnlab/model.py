@@ -182,10 +182,11 @@ class RNNLM(nn.Module):
         return self.head(h)
 
     def nll(self, h: torch.Tensor, targets: torch.Tensor, reduction: str = "mean") -> torch.Tensor:
-        """The negative log-likelihood of `targets` (B, T) given features `h` (B, T, H), "mean" or "sum"."""
+        """The negative log-likelihood of `targets` (B, T) given features `h` (B, T, H): "mean", "sum" or
+        "none" (one per target, flattened)."""
         if self.spec.head == "adaptive":
             logp = self.head(h.reshape(-1, h.size(-1)), targets.reshape(-1)).output  # target log-probs
-            return -(logp.mean() if reduction == "mean" else logp.sum())
+            return -{"mean": logp.mean, "sum": logp.sum, "none": lambda: logp}[reduction]()
         logits = self.head(h)
         return F.cross_entropy(logits.reshape(-1, logits.size(-1)), targets.reshape(-1), reduction=reduction)
 

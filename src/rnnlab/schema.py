@@ -381,11 +381,20 @@ class EvaluateSpec:
     bptt: int
     agreement_distances: list[int]
     agreement_per_distance: int
+    cache_size: int  # the continuous cache (rnnlab.cache): steps remembered per stream; 0 = off
+    cache_theta: list[float]  # the grids of θ and λ tried on the val split
+    cache_lambda: list[float]
 
     def __post_init__(self) -> None:
         check_types(self, "evaluate")
         for key in ("batch_size", "bptt", "agreement_per_distance"):
             at_least(f"evaluate.{key}", getattr(self, key), 1)
+        at_least("evaluate.cache_size", self.cache_size, 0)
+        if not self.cache_theta or min(self.cache_theta) < 0:
+            raise UserError(f"evaluate.cache_theta={self.cache_theta}: give one or more numbers >= 0 (e.g. [0.3, 0.6])")
+        if not self.cache_lambda or not all(0 <= v <= 1 for v in self.cache_lambda):
+            raise UserError(f"evaluate.cache_lambda={self.cache_lambda}: give one or more numbers from 0 to 1 "
+                            "(e.g. [0.1, 0.2])")
 
 
 @dataclass(frozen=True)

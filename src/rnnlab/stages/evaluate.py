@@ -13,6 +13,7 @@ import math
 import tempfile
 from pathlib import Path
 
+from rnnlab.errors import UserError
 from rnnlab.files import reading, remove_leftovers, write_json
 from rnnlab.vocab import VocabDir
 
@@ -37,6 +38,10 @@ def run(params) -> dict:
     finite = {k: round(v, 6) if math.isfinite(v) else None for k, v in scores.items()}  # metrics.json is strict JSON
     result = {"split": split, split: finite, "samples": samples}
     logged = {f"{split}/{k}": v for k, v in scores.items()} | {f"samples/{k}": v for k, v in samples.items()}
+    if params.evaluate.cache_size:
+        cached = with_cache(params, model, vocab_dir, split)
+        result["cache"] = {k: round(v, 6) if math.isfinite(v) else None for k, v in cached.items()}
+        logged |= {f"cache/{k}": v for k, v in cached.items()}
     spec = params.tracking
     with tempfile.TemporaryDirectory() as tmp:
         plots = []
@@ -48,6 +53,26 @@ def run(params) -> dict:
     print(f"{split}: loss {scores['loss']:.4f} nats/token, perplexity {scores['ppl']:.2f}, "
           f"{scores['bpc']:.4f} bits/char, OOV {scores['oov_rate']:.2%}")
     return result
+
+
+def with_cache(params, model, vocab_dir: VocabDir, split: str) -> dict:
+    """The continuous cache (rnnlab.cache): θ and λ chosen on the val split, then the test split scored."""
+    from rnnlab import cache, scoring
+
+    spec = params.evaluate
+    if split != "test" or vocab_dir.stats()["splits"]["val"]["tokens"] < 2:
+        raise UserError("evaluate.cache_size needs a val split to choose the cache's θ and λ and a test split to "
+                        "score; give the corpus both (corpus.val_frac, corpus.test_frac) or set evaluate.cache_size=0")
+    best = cache.tune(model, vocab_dir.ids("val"), spec.batch_size, spec.bptt, spec.cache_size,
+                      list(spec.cache_theta), list(spec.cache_lambda))
+    test = cache.score(model, vocab_dir.ids("test"), spec.batch_size, spec.bptt, spec.cache_size, best["theta"],
+                       best["lambda"], vocab_dir.chars_per_token("test"))
+    print(f"with the continuous cache (size {spec.cache_size}, theta {best['theta']}, lambda {best['lambda']}, "
+          f"chosen on val: perplexity {scoring.perplexity(best['loss']):.2f}): test perplexity {test['ppl']:.2f}, "
+          f"{test['bpc']:.4f} bits/char")
+    return {"size": spec.cache_size, "theta": best["theta"], "lambda": best["lambda"], "val_loss": best["loss"],
+            "val_ppl": scoring.perplexity(best["loss"]), "test_loss": test["loss"], "test_ppl": test["ppl"],
+            "test_bpc": test["bpc"]}
 
 
 def agreement(params, model, vocab, cell: str, tmp: Path) -> tuple[dict, list[Path]]:
