@@ -7,7 +7,7 @@ after each epoch, every recipe on one plot):
 
     python bench/recipes_measured.py record /path/to/workspace awd_small_full \\
         --command "dvc exp run -S +experiment=awd_small_full -S corpus.mirror=../shared/corpora/ptb" \\
-        --wall-min 31.5 [--note "..."]
+        --wall-min 31.5 [--note "..."]        # with evaluate.cache_size on, the cache's numbers too
     python bench/recipes_measured.py table [--corpus ptb]      # markdown on stdout, docs/<corpus>-learning-curves.png
 
 `--wall-min`: the whole `dvc exp run` (prepare to evaluate), timed by the caller (e.g. /usr/bin/time).
@@ -64,6 +64,8 @@ def record(args) -> None:
         "tokens_per_s": round(statistics.median(values("train/tokens_per_s"))),
         "machine": machine(), "note": args.note, "params_hash": meta["params_hash"],
     }
+    if "cache" in test:  # evaluate.cache_size was on: the continuous cache's numbers, beside the model's own
+        entry["cache"] = test["cache"]
     (out / f"{args.recipe}.json").write_text(json.dumps(entry, indent=2) + "\n")
     (out / f"{args.recipe}.val.csv").write_text((ws / "data/train/val.csv").read_text())
     print(json.dumps(entry, indent=2))
@@ -73,11 +75,14 @@ def table(args) -> None:
     folder = MEASURED / args.corpus
     entries = [json.loads(p.read_text()) for p in sorted(folder.glob("*.json"))]
     entries.sort(key=lambda e: -e["test_ppl"])
-    print("| recipe | val ppl | test ppl | epochs | training | whole pipeline | tokens/s | command |")
-    print("| --- | ---: | ---: | ---: | ---: | ---: | ---: | --- |")
+    print("| recipe | val ppl | test ppl | with the cache (val / test) | epochs | training | whole pipeline | "
+          "tokens/s | command |")
+    print("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- |")
     for e in entries:
         note = f" ({e['note']})" if e.get("note") else ""
-        print(f"| `{e['recipe']}`{note} | {e['val_ppl']:.2f} | **{e['test_ppl']:.2f}** | {e['epochs']} | "
+        c = e.get("cache")
+        cached = f"{c['val_ppl']:.2f} / {c['test_ppl']:.2f} (size {c['size']}, θ {c['theta']}, λ {c['lambda']})" if c else "–"
+        print(f"| `{e['recipe']}`{note} | {e['val_ppl']:.2f} | **{e['test_ppl']:.2f}** | {cached} | {e['epochs']} | "
               f"{e['train_min']:.1f} min | {e['wall_min']:.1f} min | {e['tokens_per_s']:,} | `{e['command']}` |")
     curves = []
     for e in entries:

@@ -51,7 +51,7 @@ def test_the_cache_is_the_papers_formula_across_windows_and_streams(head):
     for size, theta, lam in ((6, 0.7, 0.3), (100, 0.0, 0.5), (1, 2.0, 0.6)):  # 100: the whole row so far
         got = cache.score(m, ids, batch_size=2, bptt=7, size=size, theta=theta, lam=lam)  # 6 windows per row
         assert got["tokens"] == 80
-        assert got["nll"] == pytest.approx(by_hand(m, ids, 2, size, theta, lam), rel=1e-7)  # float32 states
+        assert got["nll"] == pytest.approx(by_hand(m, ids, 2, size, theta, lam), rel=1e-6)  # float32 states and weights
 
 
 def test_lambda_zero_is_the_model_alone():

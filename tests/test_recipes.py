@@ -1,4 +1,4 @@
-"""The published recipes (conf/experiment/{zaremba_small,zaremba_medium,wlm,awd_small}.yaml), offline.
+"""The published recipes (conf/experiment/{zaremba_small,zaremba_medium,wlm,awd_small,awd_small_256}.yaml), offline.
 
 Each recipe is composed from the real conf/ exactly as `+experiment=<name>` does; the tests check the values
 that define it, its parameter count on PTB's 10,000-word vocabulary (exact, by formula), and that its
@@ -17,7 +17,7 @@ from conftest import REPO, conf_spec
 from rnnlab import config, vocab
 from rnnlab.schema import VocabSpec
 
-RECIPES = ("zaremba_small", "zaremba_medium", "wlm", "awd_small")
+RECIPES = ("zaremba_small", "zaremba_medium", "wlm", "awd_small", "awd_small_256")
 PTB_VOCAB = 10_000
 
 
@@ -106,7 +106,8 @@ def test_pretokenized_vocab_has_the_keys_of_the_word_vocab():
 
 
 @pytest.mark.parametrize("name, expected", [("zaremba_small", 4_653_200), ("zaremba_medium", 19_780_400),
-                                            ("wlm", 4_653_200), ("awd_small", 2_653_200)])
+                                            ("wlm", 4_653_200), ("awd_small", 2_653_200),
+                                            ("awd_small_256", 3_622_672)])
 def test_parameter_count_on_a_10k_vocabulary(name, expected):
     from rnnlab.model import RNNLM
 

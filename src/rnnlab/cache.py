@@ -34,10 +34,13 @@ def target_logp(model: torch.nn.Module, h: torch.Tensor, y: torch.Tensor) -> tor
 
 
 def _log_pointer(scores: torch.Tensor, same: torch.Tensor) -> torch.Tensor:
-    """log p_cache(y_t) (B, T) from θ h_t·h_i (B, T, S + T), -inf where not visible, and which entries hold y_t."""
-    norm = torch.logsumexp(scores, -1)  # -inf where nothing is visible
-    hit = torch.logsumexp(scores.masked_fill(~same, -math.inf), -1)
-    return torch.where(torch.isfinite(norm), hit - norm, torch.full_like(norm, -math.inf))
+    """log p_cache(y_t) (B, T), float64, from θ h_t·h_i (B, T, S + T; -inf where not visible) and `same`,
+    which entries hold y_t: one exp and two sums in float32 (the bulk of the cost), logs in float64."""
+    top = scores.amax(-1, keepdim=True)
+    weights = torch.exp(scores - top.masked_fill(~torch.isfinite(top), 0.0))  # 0 where not visible
+    norm, hit = weights.sum(-1), (weights * same).sum(-1)
+    return torch.where(norm > 0, hit.double().log() - norm.double().log(), torch.full_like(norm, -math.inf,
+                                                                                            dtype=torch.float64))
 
 
 def _nll_grid(model, ids, batch_size: int, bptt: int, size: int, thetas: list[float],
@@ -50,7 +53,7 @@ def _nll_grid(model, ids, batch_size: int, bptt: int, size: int, thetas: list[fl
                         "2 tokens; lower evaluate.batch_size or use more data")
     lam = torch.tensor(lambdas, dtype=torch.float64, device=device)  # (Λ,)
     nll = torch.zeros(len(thetas), len(lambdas), dtype=torch.float64, device=device)
-    keys = data.new_zeros((data.size(0), 0, model.spec.hidden_size), dtype=torch.float64)  # (B, S, H)
+    keys = data.new_zeros((data.size(0), 0, model.spec.hidden_size), dtype=torch.float32)  # (B, S, H)
     values = data.new_zeros((data.size(0), 0))  # (B, S): the word that followed each cached state
     hidden = None
     was_training = model.training
@@ -60,7 +63,7 @@ def _nll_grid(model, ids, batch_size: int, bptt: int, size: int, thetas: list[fl
             x, y = window(data, k, bptt)  # (B, T)
             h, hidden = model.features(x, hidden)
             logp = target_logp(model, h, y)  # (B, T)
-            h = h.double()
+            h = h.float()
             S, T = keys.size(1), y.size(1)
             allk, allv = torch.cat([keys, h], 1), torch.cat([values, y], 1)  # (B, S + T, ·)
             # step t sees the cached S steps and the window's own steps before t, at most `size` of them
