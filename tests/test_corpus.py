@@ -346,19 +346,30 @@ def test_block_by_block_preparation_writes_what_the_whole_text_in_memory_gives(t
     assert errors < cases // 2  # mostly corpora that prepare
 
 
-def test_max_chars_bounds_the_memory_a_large_file_needs(tmp_path):
+
+def big_file(tmp_path, line: bytes, megabytes: int):
+    """tmp_path/big.txt: `line` repeated to about `megabytes` MB."""
     big = tmp_path / "big.txt"
-    line = "the cat , which ate the fish , was full .\n".encode()
     with open(big, "wb") as fh:
-        for _ in range(60):  # 60 MB
+        for _ in range(megabytes):
             fh.write(line * (2**20 // len(line)))
-    spec = conf_spec("corpus", source="file", path=str(big), max_chars=10_000)
+    return big
+
+
+def prepare_traced(spec, tmp_path) -> tuple[dict, int]:
+    """corpus.prepare's statistics and its peak traced memory (bytes)."""
     tracemalloc.start()
     try:
         stats = corpus.prepare(spec, tmp_path / "out", tmp_path / "raw")
-        peak = tracemalloc.get_traced_memory()[1]
+        return stats, tracemalloc.get_traced_memory()[1]
     finally:
         tracemalloc.stop()
+
+
+def test_max_chars_bounds_the_memory_a_large_file_needs(tmp_path):
+    line = "the cat , which ate the fish , was full .\n".encode()
+    big = big_file(tmp_path, line, 60)
+    stats, peak = prepare_traced(conf_spec("corpus", source="file", path=str(big), max_chars=10_000), tmp_path)
     assert stats["chars"]["total"] == 10_000 and stats["input_sha256"] == sha256_file(big)
     assert peak < 4 * 2**20  # reading the file whole: over 120 MB (its bytes and its text)
 
@@ -367,19 +378,10 @@ def test_preparing_a_large_file_takes_the_memory_of_a_few_blocks(tmp_path, monke
     """Without max_chars too: the text is cleaned a block at a time into a spool (a temporary file) and
     copied from there: 4 MB here. Read whole (before issue 20), this 24 MB file took 530 MB: a str of 4
     bytes a character (because of the emoji), its cleaned copies, the parts."""
-    big = tmp_path / "big.txt"
     line = "the cat , which ate the fish 🙂 , was full .\r\n".encode()
-    with open(big, "wb") as fh:
-        for _ in range(24):
-            fh.write(line * (2**20 // len(line)))
-    spec = conf_spec("corpus", source="file", path=str(big), lowercase=True)
+    big = big_file(tmp_path, line, 24)
     monkeypatch.setattr(corpus, "BLOCK", 1 << 16)
-    tracemalloc.start()
-    try:
-        stats = corpus.prepare(spec, tmp_path / "out", tmp_path / "raw")
-        peak = tracemalloc.get_traced_memory()[1]
-    finally:
-        tracemalloc.stop()
+    stats, peak = prepare_traced(conf_spec("corpus", source="file", path=str(big), lowercase=True), tmp_path)
     assert stats["chars"]["total"] == 24 * (2**20 // len(line)) * (len(line) - 4)  # "\r\n" -> "\n", 🙂: 4 bytes
     assert stats["input_sha256"] == sha256_file(big) and stats["distinct_chars"] == len(set(line.decode())) - 1
     assert peak < 8 * 2**20

@@ -39,7 +39,7 @@ def run(params) -> dict:
     result = {"split": split, split: finite, "samples": samples}
     logged = {f"{split}/{k}": v for k, v in scores.items()} | {f"samples/{k}": v for k, v in samples.items()}
     if params.evaluate.cache_size:
-        cached = with_cache(params, model, vocab_dir, split)
+        cached = with_cache(params, model, vocab_dir, split, stats)
         result["cache"] = {k: round(v, 6) if math.isfinite(v) else None for k, v in cached.items()}
         logged |= {f"cache/{k}": v for k, v in cached.items()}
     spec = params.tracking
@@ -55,12 +55,12 @@ def run(params) -> dict:
     return result
 
 
-def with_cache(params, model, vocab_dir: VocabDir, split: str) -> dict:
+def with_cache(params, model, vocab_dir: VocabDir, split: str, stats: dict) -> dict:
     """The continuous cache (rnnlab.cache): θ and λ chosen on the val split, then the test split scored."""
     from rnnlab import cache, scoring
 
     spec = params.evaluate
-    if split != "test" or vocab_dir.stats()["splits"]["val"]["tokens"] < 2:
+    if split != "test" or stats["val"]["tokens"] < 2:
         raise UserError("evaluate.cache_size needs a val split to choose the cache's θ and λ and a test split to "
                         "score; give the corpus both (corpus.val_frac, corpus.test_frac) or set evaluate.cache_size=0")
     best = cache.tune(model, vocab_dir.ids("val"), spec.batch_size, spec.bptt, spec.cache_size,
