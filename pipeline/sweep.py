@@ -3,6 +3,7 @@
     python pipeline/sweep.py -m model=rnn,gru trainer.gradient_clip_val=0,1
     python pipeline/sweep.py -m model=rnn,gru hydra/launcher=joblib hydra.launcher.n_jobs=2
     python pipeline/sweep.py -m +experiment=clipping          (a preset's own sweep)
+    python pipeline/sweep.py -m +experiment=tune_clipping     (an Optuna study: hydra/sweeper=optuna, rnnlab.search)
 
 Every job runs the same stage functions as `dvc repro` (rnnlab.stages: prepare → vocab → train →
 sample → evaluate); jobs with the same corpus/vocabulary settings share the prepared data. All runs are
@@ -29,8 +30,11 @@ def job(cfg: DictConfig) -> float:
         cfg.pop("hydra", None)
     params = sweep.job_params(cfg, Path(hc.runtime.output_dir), list(hc.overrides.task),
                               hc.launcher.get("n_jobs", 1) or 1)
+    from rnnlab import search  # lightning, optuna: after the cheap checks of main()
+
+    trial = search.job_trial(hc.sweeper)  # None unless the optuna sweeper launched this job
     with sweep.prefixed_output(f"[job {hc.job.num} {params.tracking.run_name}] "):  # parallel logs interleave
-        return entry_point(sweep.run_job)(params)  # a user error ends the job with one line, exit 2
+        return entry_point(sweep.run_job)(params, trial)  # a user error ends the job with one line, exit 2
 
 
 @entry_point

@@ -87,8 +87,7 @@ def check_overrides(overrides: list[str], conf_dir: Path = CONF_DIR) -> params_m
         parsed = OverridesParser.create().parse_overrides(list(overrides))
     except OverrideParseException as err:
         raise UserError(f"{str(err).strip().splitlines()[0]} (check the override's syntax)") from None
-    choices = {o.input_line: [str(v) for v in (o.sweep_string_iterator() if o.is_sweep_override()
-                                              else [o.get_value_element_as_str()])] for o in parsed}
+    choices = {o.input_line: candidates(o) for o in parsed}
     keys = {o.input_line: o.get_key_element() for o in parsed}
     first = [f"{keys[line]}={values[0]}" for line, values in choices.items()]
     cfg = compose(first, conf_dir)
@@ -96,6 +95,17 @@ def check_overrides(overrides: list[str], conf_dir: Path = CONF_DIR) -> params_m
         for value in values[1:]:
             compose(first[:i] + [f"{keys[line]}={value}"] + first[i + 1:], conf_dir)
     return cfg
+
+
+def candidates(override) -> list[str]:
+    """The values an override gives its key: each of a choice or range; an interval's two ends (Optuna)."""
+    if override.is_interval_sweep():
+        interval = override.value()
+        cast = int if "int" in (interval.tags or set()) else float
+        return [str(cast(interval.start)), str(cast(interval.end))]
+    if override.is_sweep_override():
+        return [str(v) for v in override.sweep_string_iterator()]
+    return [override.get_value_element_as_str()]
 
 
 def to_yaml(cfg) -> str:

@@ -344,6 +344,7 @@ class TrackingSpec:
     uri: str | None
     experiment: str
     run_name: str | None
+    register_model: str | None  # a Model Registry name: each training registers its sampler model (rnnlab.sampler_model)
 
     def __post_init__(self) -> None:
         check_types(self, "tracking")

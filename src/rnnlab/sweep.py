@@ -10,7 +10,8 @@
     torch thread count (the cores split between parallel jobs);
   * `once`: jobs with the same corpus (and vocabulary) settings share the prepared data, keyed by a
     hash of those settings and built once under a file lock;
-  * `run_job`: the chain of stage functions (rnnlab.stages), as `dvc repro` runs them.
+  * `run_job`: the chain of stage functions (rnnlab.stages), as `dvc repro` runs them (with an Optuna
+    trial's pruning when the optuna sweeper runs the job: rnnlab.search).
 """
 
 from __future__ import annotations
@@ -168,20 +169,44 @@ def pump(read: int, out: int, prefix: bytes) -> None:
             os.write(out, prefix + line)
 
 
-def run_job(params: Params) -> float:
-    """prepare → vocab → train → sample → evaluate for one job; returns the best validation loss (what an
-    optimising sweeper such as Optuna would minimise), NaN when training diverged: a diverged run (e.g.
-    without clipping) is a result of the sweep, recorded as a failed MLflow run, not a mistake."""
+def run_job(params: Params, trial=None) -> dict:
+    """prepare → vocab → train → sample → evaluate for one job. Returns {"value": the best validation loss
+    (what an optimising sweeper minimises), "state", "run_id"}: state "complete"; "diverged" (value NaN) when
+    training diverged, a result of the sweep (e.g. without clipping), recorded as a failed MLflow run, not a
+    mistake; "pruned" when `trial` (an Optuna trial, rnnlab.search) was stopped early by its study's pruner:
+    then sample and evaluate are skipped and the MLflow run is KILLED with the tag optuna.state=PRUNED."""
     from rnnlab.lit import NonFiniteError
     from rnnlab.stages import evaluate, prepare, sample, train, vocab
 
     once(params.paths.prepared, lambda: prepare.run(params))
     once(params.paths.vocab, lambda: vocab.run(params))
+    pruning = []
+    if trial is not None:
+        from rnnlab import search
+
+        pruning = [search.Pruning(trial)]
     try:
-        metrics = train.run(params)
+        metrics = train.run(params, pruning)
     except NonFiniteError as err:
         print(f"job diverged: {err}", file=sys.stderr)
-        return math.nan
+        return {"value": math.nan, "state": "diverged", "run_id": None}
+    run_id = trained_run_id(params)
+    if trial is not None and run_id:
+        search.tag_trial(params.tracking, run_id, trial)
+    if pruning and pruning[0].pruned_at is not None:
+        search.mark_pruned(params.tracking, run_id, trial, pruning[0].pruned_at)
+        print(f"trial {trial.number} pruned at step {pruning[0].pruned_at}")
+        return {"value": metrics.get("val_loss", math.nan), "state": "pruned", "run_id": run_id}
     sample.run(params)
     evaluate.run(params)
-    return metrics.get("val_loss", math.nan)
+    return {"value": metrics.get("val_loss", math.nan), "state": "complete", "run_id": run_id}
+
+
+def trained_run_id(params: Params) -> str | None:
+    """The MLflow run of the job's training (its model's meta.json); None in a further DDP process."""
+    import json
+
+    from rnnlab.trained_model import META_FILE
+
+    meta = Path(params.paths.train) / "model" / META_FILE
+    return json.loads(meta.read_text(encoding="utf-8")).get("mlflow_run_id") if meta.exists() else None

@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING
 import lightning.pytorch as pl
 from lightning.pytorch.callbacks import ModelCheckpoint, RichProgressBar
 
-from rnnlab import callbacks, checkpoints, outputs, runtime, tracking
+from rnnlab import callbacks, checkpoints, outputs, runtime, sampler_model, tracking
 from rnnlab.errors import UserError
 from rnnlab.data import StreamDataModule
 from rnnlab.lit import LitLM
@@ -89,6 +89,8 @@ def fit(params: Params, logged: dict, logger, resume: Path | None, extra_callbac
     title = f"{params.model.cell}, clip {params.trainer.kwargs()['gradient_clip_val']}"
     metrics = outputs.write(out, lit.model, vocab, meta, lit.history, grad_rows, curves, title)
     outputs.log(logger, out, vocab_dir, logged, metrics, lit.train_seconds())
+    sampler_model.log(tracking.tracking_uri(params.tracking), logger.run_id, out / "model", vocab_dir.vocab_file,
+                      params.sample, params.tracking.register_model)
     return metrics
 
 

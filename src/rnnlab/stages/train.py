@@ -19,12 +19,13 @@ UNCACHED = ("{paths.train}/metrics.json", "{paths.train}/loss.csv", "{paths.trai
             "{paths.train}/grad_norm.csv", "{paths.train}/gtt.csv")
 
 
-def run(params) -> dict:
+def run(params, extra_callbacks: list = ()) -> dict:
+    """Train; `extra_callbacks` (Lightning callbacks) join the config's, e.g. a sweep trial's pruning."""
     preflight.devices(params)  # also checked by the params stage; here too for `python pipeline/train.py`
     preflight.topology(params)
     from rnnlab import training  # heavy imports (torch, lightning, mlflow) after the cheap checks
 
-    metrics = training.train(params, READS, user_callbacks(params.callbacks))
+    metrics = training.train(params, READS, [*user_callbacks(params.callbacks), *extra_callbacks])
     if not metrics:  # a further process of a data-parallel (DDP) run: process 0 reports
         return metrics
     if metrics.get("val_loss") is None:  # trainer.limit_val_batches=0
