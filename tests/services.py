@@ -138,11 +138,12 @@ def as_postgres() -> tuple[list[str], pwd.struct_passwd]:
 
 @contextlib.contextmanager
 def postgres(logs: Path, user: str = "rnnlab", password: str = "rnnlab-pw",
-             database: str = "mlflow") -> Iterator[Postgres]:
+             database: str = "mlflow", more: tuple[str, ...] = ()) -> Iterator[Postgres]:
     """A throwaway PostgreSQL cluster on 127.0.0.1 with `database` owned by `user` (password login over TCP).
 
     The cluster lives in a folder of its own under the system temp dir, owned by the user PostgreSQL runs as
-    (pytest's tmp_path is private to root); its Unix socket too. Durability is off: it is thrown away."""
+    (pytest's tmp_path is private to root); its Unix socket too. Durability is off: it is thrown away.
+    `more`: further databases owned by `user` (e.g. an Optuna study's, beside MLflow's)."""
     bindir, (prefix, owner) = postgres_bin(), as_postgres()
     home = Path(tempfile.mkdtemp(prefix="rnnlab-pg-"))
     superuser = owner.pw_name  # PostgreSQL's superuser is named after the system user that runs initdb
@@ -173,7 +174,8 @@ def postgres(logs: Path, user: str = "rnnlab", password: str = "rnnlab-pw",
             unavailable(f"PostgreSQL does not start on this machine: {err}")
         pg(str(bindir / "psql"), "-X", "-q", "-v", "ON_ERROR_STOP=1", "-h", str(home), "-p", str(port),
            "-U", superuser, "-d", "postgres",
-           "-c", f"CREATE ROLE {user} LOGIN PASSWORD '{password}'", "-c", f"CREATE DATABASE {database} OWNER {user}")
+           "-c", f"CREATE ROLE {user} LOGIN PASSWORD '{password}'",
+           *[arg for db in (database, *more) for arg in ("-c", f"CREATE DATABASE {db} OWNER {user}")])
         yield Postgres(port, user, password, database)
     finally:
         if server is not None:

@@ -5,14 +5,12 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import subprocess
 import sys
 import textwrap
 import urllib.request
 from pathlib import Path
 
-import pandas as pd
 import pytest
 import yaml
 
@@ -40,6 +38,15 @@ def test_a_row_takes_the_models_defaults_for_what_it_leaves_out():
     assert sampler_model.given({"num_samples": 2.0, "top_k": 0, "temperature": np.float64(0.5)}) == \
         {"num_samples": 2, "top_k": None, "temperature": 0.5}
     assert type(sampler_model.given({"seed": np.int64(3)})["seed"]) is int
+
+
+@pytest.mark.parametrize("name", ["", " ", "team/model", "models:/x"])
+def test_a_registered_model_name_mlflow_would_refuse_is_one_line(name):
+    from conftest import conf_spec
+    from rnnlab.errors import UserError
+
+    with pytest.raises(UserError, match="is not a model name"):
+        conf_spec("tracking", register_model=name)
 
 
 @pytest.mark.slow

@@ -92,9 +92,14 @@ def parent_and_children(db: sqlite3.Connection, sweep_dir: Path) -> tuple[str, l
     return parent[0], children
 
 
+def by_run_id(children: list[tuple], number: int) -> str:
+    return next(uuid for uuid, _, _, trial in children if int(trial) == number)
+
+
 @pytest.mark.slow
 def test_a_study_of_six_trials_two_at_a_time_prunes_and_logs_to_one_parent_run(project):
-    out = run(["python", "pipeline/sweep.py", "-m", *STUDY, "hydra.sweeper.n_trials=6"], project)
+    out = run(["python", "pipeline/sweep.py", "-m", *STUDY, "hydra.sweeper.n_trials=6",
+               "tracking.register_model=tiny-study"], project)
     (sweep_dir,) = (project / "multirun").iterdir()
     storage = f"sqlite:///{project / 'optuna.db'}"  # beside the MLflow SQLite file
     study = optuna.load_study(study_name=sweep_dir.name, storage=storage)
@@ -120,6 +125,10 @@ def test_a_study_of_six_trials_two_at_a_time_prunes_and_logs_to_one_parent_run(p
     logged = Path(artifacts.removeprefix("file://")) / "study"
     for png in ("optimization_history.png", "param_importances.png"):
         assert (logged / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and (logged / png).stat().st_size > 5000
+    from mlflow.tracking import MlflowClient  # every trial registered its model; the best one is the champion
+
+    champion = MlflowClient(f"sqlite:///{project / 'mlflow.db'}").get_model_version_by_alias("tiny-study", "champion")
+    assert champion.run_id == best.user_attrs["mlflow_run_id"] == by_run_id(children, best.number)
     ranked = [line for line in out.stdout.splitlines() if line.startswith("| ") and "COMPLETE" in line]
     values = [float(line.split("|")[4]) for line in ranked]
     assert values == sorted(values) and f"| 1 | {best.number} | COMPLETE |" in out.stdout  # ranked, best first

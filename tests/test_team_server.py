@@ -92,7 +92,7 @@ def test_a_team_tracks_a_sweep_and_a_queued_experiment_on_postgresql_and_s3(proj
 
     bucket = s3.create_bucket("team-mlflow")
     start = time.perf_counter()
-    with (services.postgres(tmp_path) as pg,
+    with (services.postgres(tmp_path, more=("optuna",)) as pg,
           services.mlflow_server(tmp_path, pg.url, f"s3://{bucket}/mlflow", env=s3.env) as url):
         timings = {"PostgreSQL + mlflow server start": time.perf_counter() - start}
         exp_name = sweep_and_queue(project, url, timings)
@@ -122,6 +122,22 @@ def test_a_team_tracks_a_sweep_and_a_queued_experiment_on_postgresql_and_s3(proj
             cur.execute("select run_uuid, status from runs")
             assert dict(cur.fetchall()) == {r.info.run_id: "FINISHED" for r in runs} and len(runs) == 4
         assert not (project / "mlflow.db").exists() and not (project / "mlruns").exists()  # nothing local
+
+        # An Optuna study of the team: its trials on the server, the study in the same PostgreSQL.
+        study_db = pg.url.rsplit("/", 1)[0] + "/optuna"
+        start = time.perf_counter()
+        run(["python", "pipeline/sweep.py", "-m", *SMALL, "hydra/sweeper=optuna", "hydra.sweeper.n_trials=2",
+             f"hydra.sweeper.storage={study_db}", "hydra.sweeper.study_name=team", "optim.lr=interval(0.001, 0.01)"],
+            project, env={"MLFLOW_TRACKING_URI": url})
+        timings["study of 2 trials"] = time.perf_counter() - start
+        import optuna
+
+        study = optuna.load_study(study_name="team", storage=study_db)
+        assert [t.state.name for t in study.trials] == ["COMPLETE", "COMPLETE"]
+        (parent,) = [r for r in client.search_runs([experiment.experiment_id], "tags.`optuna.study` = 'team'")
+                     if r.info.run_name.startswith("sweep ")]
+        assert parent.data.metrics["best/val_loss"] == pytest.approx(study.best_value)
+        assert not (project / "optuna.db").exists()
     print("\ntimings (s): " + ", ".join(f"{k} {v:.1f}" for k, v in timings.items()))
 
 

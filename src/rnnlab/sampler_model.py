@@ -21,10 +21,11 @@ from dataclasses import asdict, replace
 from pathlib import Path
 
 import mlflow.pyfunc
+import pandas as pd
 
 ARTIFACT_PATH = "sampler"
-INPUTS = {"prime": "string", "temperature": "double", "top_k": "long", "top_p": "double",
-          "num_samples": "long", "max_length": "long", "seed": "long", "unk": "string"}
+INPUTS = {"prime": str, "temperature": float, "top_k": int, "top_p": float, "num_samples": int, "max_length": int,
+          "seed": int, "unk": str}  # a column is given in every row or in none (MLflow: no missing integers)
 OUTPUTS = {"row": "long", "sample": "long", "text": "string", "stopped": "string", "length": "long",
            "unk_rejections": "long"}
 
@@ -41,9 +42,7 @@ class SamplerModel(mlflow.pyfunc.PythonModel):
         self.model, _ = trained_model.load(context.artifacts["model"], self.vocab)  # refuses another vocabulary
         self.defaults = SampleSpec(**context.model_config["sample"])
 
-    def predict(self, context, model_input, params=None):
-        import pandas as pd
-
+    def predict(self, context, model_input: pd.DataFrame, params=None) -> pd.DataFrame:
         from rnnlab import sampling
 
         rows = model_input.to_dict("records") if hasattr(model_input, "to_dict") else list(model_input)
@@ -65,7 +64,7 @@ def given(row: dict) -> dict:
         if value is None or (isinstance(value, float) and math.isnan(value)):
             continue
         value = value.item() if hasattr(value, "item") else value  # numpy scalars from pandas
-        if INPUTS[key] == "long" and isinstance(value, float) and value.is_integer():
+        if INPUTS[key] is int and isinstance(value, float) and value.is_integer():
             value = int(value)
         found[key] = None if key in ("top_k", "top_p") and value == 0 else value
     return found
@@ -75,7 +74,8 @@ def signature():
     from mlflow.models import ModelSignature
     from mlflow.types.schema import ColSpec, Schema
 
-    return ModelSignature(inputs=Schema([ColSpec(t, name, required=False) for name, t in INPUTS.items()]),
+    kinds = {str: "string", int: "long", float: "double"}
+    return ModelSignature(inputs=Schema([ColSpec(kinds[t], name, required=False) for name, t in INPUTS.items()]),
                           outputs=Schema([ColSpec(t, name) for name, t in OUTPUTS.items()]))
 
 
@@ -88,20 +88,28 @@ def example(spec) -> dict:
 
 def log(uri: str, run_id: str, model_dir: Path, vocab_file: Path, spec, register: str | None) -> None:
     """Log the pyfunc to the run (and register a version under `register`)."""
+    import logging
     import warnings
 
-    import pandas as pd
     import torch
 
     import rnnlab
 
     mlflow.set_tracking_uri(uri)
-    with mlflow.start_run(run_id=run_id), warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # e.g. MLflow's notes on the input example's integer columns
-        mlflow.pyfunc.log_model(
-            name=ARTIFACT_PATH, python_model=SamplerModel(),
-            artifacts={"model": str(model_dir), "vocab": str(vocab_file)},
-            model_config={"sample": asdict(spec)}, signature=signature(),
-            input_example=pd.DataFrame([example(spec)]), registered_model_name=register,
-            pip_requirements=[f"rnnlab=={rnnlab.__version__}", f"torch=={torch.__version__.split('+')[0]}",
-                              f"mlflow=={mlflow.__version__}"])
+    quiet = logging.getLogger("mlflow")  # its notes on pickling the class and on validating the example
+    level = quiet.level
+    quiet.setLevel(logging.ERROR)
+    try:
+        with mlflow.start_run(run_id=run_id), warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            info = mlflow.pyfunc.log_model(
+                name=ARTIFACT_PATH, python_model=SamplerModel(),
+                artifacts={"model": str(model_dir), "vocab": str(vocab_file)},
+                model_config={"sample": asdict(spec)}, signature=signature(),
+                input_example=pd.DataFrame([example(spec)]), registered_model_name=register,
+                pip_requirements=[f"rnnlab=={rnnlab.__version__}", f"torch=={torch.__version__.split('+')[0]}",
+                                  f"mlflow=={mlflow.__version__}"])
+    finally:
+        quiet.setLevel(level)
+    registered = f", registered as {register!r} version {info.registered_model_version}" if register else ""
+    print(f"MLflow model: {info.model_uri} (runs:/{run_id}/{ARTIFACT_PATH}){registered}")

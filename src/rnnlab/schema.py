@@ -348,6 +348,10 @@ class TrackingSpec:
 
     def __post_init__(self) -> None:
         check_types(self, "tracking")
+        if self.register_model is not None and (not self.register_model.strip() or "/" in self.register_model
+                                                or ":" in self.register_model):
+            raise UserError(f"tracking.register_model={self.register_model!r} is not a model name; give a name "
+                            "without '/' or ':' (e.g. shakespeare-gru), or null to log the model without registering it")
 
 
 @dataclass(frozen=True)

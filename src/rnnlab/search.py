@@ -57,7 +57,7 @@ def space(overrides: list) -> tuple[dict, list[str]]:
 
 
 def distribution(override):
-    from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
+    from optuna.distributions import FloatDistribution, IntDistribution
 
     key, value = override.get_key_element(), override.value()
     if override.is_interval_sweep():

@@ -1,0 +1,142 @@
+"""Checks of config values, for rnnlab.schema: a value's type against a type hint, a choice, a bound.
+
+Each failure is one `UserError` line naming the key, the value given and what is expected.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import re
+import types
+import typing
+from typing import Any, Union
+
+from rnnlab.errors import UserError
+
+NUMBER = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?")
+
+
+def describe(hint: Any) -> str:
+    if typing.get_origin(hint) in (Union, types.UnionType):
+        return " or ".join(describe(a) for a in typing.get_args(hint))
+    names = {int: "an integer", float: "a number", bool: "true or false", str: "a string",
+             type(None): "null", dict: "a mapping", list: "a list"}
+    origin = typing.get_origin(hint)
+    if origin is list:
+        return f"a list of {describe(typing.get_args(hint)[0]).removeprefix('an ').removeprefix('a ')}s"
+    return names.get(origin or hint, str(hint))
+
+
+def matches(value: Any, hint: Any) -> bool:
+    origin = typing.get_origin(hint)
+    if origin in (Union, types.UnionType):
+        return any(matches(value, a) for a in typing.get_args(hint))
+    if hint is Any:
+        return True
+    if hint is type(None):
+        return value is None
+    if hint is float:
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    if hint is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    if origin is list:
+        return isinstance(value, list) and all(matches(v, typing.get_args(hint)[0]) for v in value)
+    return isinstance(value, origin or hint)
+
+
+# Every number reaches torch, Lightning or NumPy somewhere: an integer must fit a C long long (and a double,
+# exactly), a float must be finite and fit a float32 (the dtype of every tensor it is multiplied with).
+INT_LIMIT = 2**53
+FLOAT_LIMIT = 3.4e38  # float32's largest is 3.4028e38
+
+
+def check_types(spec: Any, key: str) -> None:
+    """Raise a one-line UserError when a field of the dataclass instance `spec` has the wrong type, or is a
+    number out of every range (`check_number`)."""
+    hints = typing.get_type_hints(type(spec))
+    for f in dataclasses.fields(spec):
+        value = getattr(spec, f.name)
+        if not matches(value, hints[f.name]):
+            raise UserError(f"{key}.{f.name}={value!r}: expected {describe(hints[f.name])}")
+        check_number(f"{key}.{f.name}", value)
+
+
+def check_number(key: str, value: Any) -> None:
+    """NaN passes every `<= 0` check, and no setting here means anything with inf; 2**70 overflows torch's
+    integers and 1e308 its float32 tensors. Lists are checked item by item."""
+    for item in value if isinstance(value, list) else [value]:
+        if isinstance(item, float) and not math.isfinite(item):
+            raise UserError(f"{key}={item}: expected a finite number")
+        if isinstance(item, float) and abs(item) > FLOAT_LIMIT:
+            raise UserError(f"{key}={item}: too large (float32 holds numbers up to 3.4e38)")
+        if isinstance(item, int) and not isinstance(item, bool) and abs(item) > INT_LIMIT:
+            raise UserError(f"{key}={item}: too large (at most 2**53)")
+
+
+def yaml_numbers(cls: type, values: dict) -> dict:
+    """`values` with YAML 1.1's unread number forms (`1e-9`, which PyYAML keeps as text but Hydra reads as a
+    number) turned into numbers where `cls` declares a float."""
+    hints = typing.get_type_hints(cls)
+    return {k: float(v) if isinstance(v, str) and k in hints and matches(1.5, hints[k]) and not matches(v, hints[k])
+            and NUMBER.fullmatch(v.strip()) else v for k, v in values.items()}
+
+
+def one_of(key: str, value: Any, allowed: tuple[str, ...]) -> None:
+    if value not in allowed:
+        quoted = ", ".join(map(str, allowed)) if len(allowed) > 2 else " or ".join(repr(a) for a in allowed)
+        raise UserError(f"{key}={value!r} is not known; use {'one of ' if len(allowed) > 2 else ''}{quoted}")
+
+
+def between(key: str, value: int | None, low: int, high: int) -> None:
+    if value is not None and not low <= value <= high:
+        raise UserError(f"{key}={value} must be between {low} and {high}")
+
+
+def at_least(key: str, value: float | None, low: float) -> None:
+    if value is not None and value < low:
+        raise UserError(f"{key}={value} must be at least {low}")
+
+
+def check_sha256(key: str, value: Any) -> None:
+    if value is not None and not (isinstance(value, str) and len(value) == 64
+                                  and all(c in "0123456789abcdef" for c in value)):
+        raise UserError(f"{key}={value!r}: expected 64 lowercase hex digits (what sha256sum prints), or null")
+
+
+def check_max_time(value: str | dict | None) -> None:
+    """Lightning's forms: "DD:HH:MM:SS", or a mapping of datetime.timedelta's keyword arguments."""
+    units = {"days", "hours", "minutes", "seconds", "milliseconds", "microseconds", "weeks"}
+    if isinstance(value, str) and not re.fullmatch(r"\d+:\d{1,2}:\d{1,2}:\d{1,2}", value) or \
+            isinstance(value, dict) and not (value and set(value) <= units and all(matches(v, float) for v in value.values())):
+        raise UserError(f"trainer.max_time={value!r}: give DD:HH:MM:SS (e.g. 00:00:10:00) or a mapping such as "
+                        "{minutes: 10}, or null")
+
+
+def check_validation(interval: int | float | None, every: int | None, limit: int | float) -> None:
+    """trainer.val_check_interval / check_val_every_n_epoch / limit_val_batches, in the forms Lightning
+    accepts (and that train something)."""
+    at_least("trainer.check_val_every_n_epoch", every, 1)
+    if isinstance(interval, float) and not 0 < interval <= 1:
+        raise UserError(f"trainer.val_check_interval={interval}: a fraction of an epoch is between 0 and 1; "
+                        "give a number of steps (an integer) for more")
+    if isinstance(interval, int):
+        at_least("trainer.val_check_interval", interval, 1)
+    if every is None and isinstance(interval, float):
+        raise UserError(f"trainer.val_check_interval={interval}: with trainer.check_val_every_n_epoch=null it "
+                        "counts steps across epochs, so give an integer (e.g. 250)")
+    if limit < 0 or isinstance(limit, float) and limit > 1:
+        raise UserError(f"trainer.limit_val_batches={limit}: give a fraction from 0 to 1, or a number of "
+                        "batches (an integer >= 0); 0 switches validation off")
+
+
+def check_devices(value: int | str | list) -> None:
+    """trainer.devices: a number (-1: every device there is), auto, or device indices ([0, 1] or "0,1")."""
+    if isinstance(value, int) and value != -1:
+        at_least("trainer.devices", value, 1)
+    if isinstance(value, str) and not re.fullmatch(r"auto|-1|\d+|\d+(,\d+)*,?", value.strip()):
+        raise UserError(f"trainer.devices={value!r}: give a number of devices, -1 (all), auto, or their indices "
+                        "(e.g. [0, 1] or '0,1')")
+    if isinstance(value, list) and not all(isinstance(i, int) and not isinstance(i, bool) and i >= 0 for i in value):
+        raise UserError(f"trainer.devices={value!r}: device indices are whole numbers from 0 (e.g. [0, 1]); or give "
+                        "a number of devices, -1 (all) or auto")
