@@ -50,6 +50,20 @@ def test_an_assignment_parses_back_to_the_value(value):
     assert override.value() == value and not override.is_sweep_override()
 
 
+def test_the_study_is_stored_beside_the_mlflow_database_unless_a_storage_is_given(tmp_path):
+    from dataclasses import asdict
+
+    from omegaconf import OmegaConf
+
+    from conftest import conf_spec
+
+    tracking = asdict(conf_spec("tracking", uri=f"sqlite:///{tmp_path}/team/mlflow.db"))
+    config = OmegaConf.create({"hydra": {"sweeper": {"storage": None}}, "tracking": tracking})
+    assert search.storage_url(config) == f"sqlite:///{tmp_path}/team/optuna.db"
+    config.hydra.sweeper.storage = "postgresql+psycopg2://u:p@127.0.0.1:5432/optuna"
+    assert search.storage_url(config) == "postgresql+psycopg2://u:p@127.0.0.1:5432/optuna"
+
+
 def trainer(loss: float, step: int):
     return SimpleNamespace(sanity_checking=False, is_global_zero=True, global_step=step, should_stop=False,
                            callback_metrics={"val/loss": loss}, strategy=SimpleNamespace(broadcast=lambda x: x))

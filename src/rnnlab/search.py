@@ -327,7 +327,7 @@ class Pruning(Callback):
             trainer.should_stop = True
 
 
-def mark_pruned(tracking, run_id: str, trial, step: int) -> None:
+def mark_pruned(tracking, run_id: str, step: int) -> None:
     """The pruned trial's MLflow run: KILLED, with the tag optuna.state=PRUNED and the step."""
     from mlflow.tracking import MlflowClient
 

@@ -194,7 +194,7 @@ def run_job(params: Params, trial=None) -> dict:
     if trial is not None and run_id:
         search.tag_trial(params.tracking, run_id, trial)
     if pruning and pruning[0].pruned_at is not None:
-        search.mark_pruned(params.tracking, run_id, trial, pruning[0].pruned_at)
+        search.mark_pruned(params.tracking, run_id, pruning[0].pruned_at)
         print(f"trial {trial.number} pruned at step {pruning[0].pruned_at}")
         return {"value": metrics.get("val_loss", math.nan), "state": "pruned", "run_id": run_id}
     sample.run(params)
