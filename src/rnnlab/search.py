@@ -137,6 +137,7 @@ def batch_size(sweeper, config: DictConfig) -> int:
 def run(sweeper, arguments: list[str]) -> list:
     """The study: ask a batch of trials, launch them as jobs, tell their results; then `finish`."""
     from hydra.core.override_parser.overrides_parser import OverridesParser
+    from optuna.trial import TrialState
 
     config = sweeper.config
     parser = OverridesParser.create(config_loader=sweeper.hydra_context.config_loader)
@@ -161,8 +162,13 @@ def run(sweeper, arguments: list[str]) -> list:
                  for t in trials]
         sweeper.validate_batch_is_legal(batch)
         results = sweeper.launcher.launch(batch, initial_job_idx=done)
-        for trial, result in zip(trials, results):
-            tell(study, trial, result)
+        for i, (trial, result) in enumerate(zip(trials, results)):
+            try:
+                tell(study, trial, result)
+            except BaseException:  # the job raised: no trial of the batch stays RUNNING in the study
+                for left in trials[i:]:
+                    study.tell(left, state=TrialState.FAIL)
+                raise
         returns.append(results)
         done += len(trials)
     finish(study, config, storage, sweep_dir)
