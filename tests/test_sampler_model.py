@@ -13,6 +13,8 @@ from pathlib import Path
 
 import pytest
 import yaml
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from conftest import TINY, run
 from rnnlab import sampler_model
@@ -47,6 +49,28 @@ def test_a_registered_model_name_mlflow_would_refuse_is_one_line(name):
 
     with pytest.raises(UserError, match="is not a model name"):
         conf_spec("tracking", register_model=name)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.text(alphabet=st.sampled_from("ab-_. /:\\\t"), max_size=6) | st.text(max_size=8))
+def test_the_names_refused_are_exactly_those_mlflow_refuses(name):
+    from mlflow.exceptions import MlflowException
+    from mlflow.utils.validation import _validate_model_name
+
+    from conftest import conf_spec
+    from rnnlab.errors import UserError
+
+    try:
+        _validate_model_name(name)
+        mlflow_ok = True
+    except MlflowException:
+        mlflow_ok = False
+    try:
+        conf_spec("tracking", register_model=name)
+        ours_ok = True
+    except UserError:
+        ours_ok = False
+    assert ours_ok == mlflow_ok, name
 
 
 @pytest.mark.slow

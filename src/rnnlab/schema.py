@@ -10,6 +10,7 @@ Python: the cheap stages (params, prepare, vocab) validate without importing tor
 from __future__ import annotations
 
 import dataclasses
+import posixpath
 from dataclasses import dataclass
 from typing import Any
 
@@ -348,10 +349,12 @@ class TrackingSpec:
 
     def __post_init__(self) -> None:
         check_types(self, "tracking")
-        if self.register_model is not None and (not self.register_model.strip() or "/" in self.register_model
-                                                or ":" in self.register_model):
-            raise UserError(f"tracking.register_model={self.register_model!r} is not a model name; give a name "
-                            "without '/' or ':' (e.g. shakespeare-gru), or null to log the model without registering it")
+        name = self.register_model  # MLflow's rules: not blank, no '/' or ':', not a path such as '.' or '..x'
+        if name is not None and (not name.strip() or "/" in name or ":" in name or name in (".", "..")
+                                 or name.startswith("..") or posixpath.normpath(name) != name):
+            raise UserError(f"tracking.register_model={name!r} is not a model name; give a name without '/' or ':' "
+                            "that is not '.' and does not start with '..' (e.g. shakespeare-gru), or null to log the "
+                            "model without registering it")
 
 
 @dataclass(frozen=True)

@@ -333,19 +333,9 @@ class Pruning(Callback):
             trainer.should_stop = True
 
 
-def mark_pruned(tracking, run_id: str, step: int) -> None:
-    """The pruned trial's MLflow run: KILLED, with the tag optuna.state=PRUNED and the step."""
-    from mlflow.tracking import MlflowClient
-
-    from rnnlab.tracking import tracking_uri
-
-    client = MlflowClient(tracking_uri(tracking))
-    client.set_tag(run_id, "optuna.state", "PRUNED")
-    client.set_tag(run_id, "optuna.pruned_at_step", str(step))
-    client.set_terminated(run_id, "KILLED")
-
-
-def tag_trial(tracking, run_id: str, trial) -> None:
+def tag_trial(tracking, run_id: str, trial, pruned_at: int | None) -> None:
+    """The trial's MLflow run: tagged with its study and number; a pruned one KILLED, tagged
+    optuna.state=PRUNED and the step."""
     from mlflow.tracking import MlflowClient
 
     from rnnlab.tracking import tracking_uri
@@ -353,3 +343,7 @@ def tag_trial(tracking, run_id: str, trial) -> None:
     client = MlflowClient(tracking_uri(tracking))
     client.set_tag(run_id, "optuna.study", trial.study.study_name)
     client.set_tag(run_id, "optuna.trial", str(trial.number))
+    if pruned_at is not None:
+        client.set_tag(run_id, "optuna.state", "PRUNED")
+        client.set_tag(run_id, "optuna.pruned_at_step", str(pruned_at))
+        client.set_terminated(run_id, "KILLED")

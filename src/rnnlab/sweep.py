@@ -191,11 +191,11 @@ def run_job(params: Params, trial=None) -> dict:
         print(f"job diverged: {err}", file=sys.stderr)
         return {"value": math.nan, "state": "diverged", "run_id": None}
     run_id = trained_run_id(params)
+    pruned_at = pruning[0].pruned_at if pruning else None
     if trial is not None and run_id:
-        search.tag_trial(params.tracking, run_id, trial)
-    if pruning and pruning[0].pruned_at is not None:
-        search.mark_pruned(params.tracking, run_id, pruning[0].pruned_at)
-        print(f"trial {trial.number} pruned at step {pruning[0].pruned_at}")
+        search.tag_trial(params.tracking, run_id, trial, pruned_at)
+    if pruned_at is not None:
+        print(f"trial {trial.number} pruned at step {pruned_at}")
         return {"value": metrics.get("val_loss", math.nan), "state": "pruned", "run_id": run_id}
     sample.run(params)
     evaluate.run(params)
