@@ -8,6 +8,7 @@ after each epoch, every recipe on one plot):
     python bench/recipes_measured.py record /path/to/workspace awd_small_full \\
         --command "dvc exp run -S +experiment=awd_small_full -S corpus.mirror=../shared/corpora/ptb" \\
         --wall-min 31.5 [--note "..."]        # with evaluate.cache_size on, the cache's numbers too
+        [--of-epochs 39]                      # a run of a recipe's first epochs only (-S trainer.max_epochs=2)
     python bench/recipes_measured.py table [--corpus ptb]      # markdown on stdout, docs/<corpus>-learning-curves.png
 
 `--wall-min`: the whole `dvc exp run` (prepare to evaluate), timed by the caller (e.g. /usr/bin/time).
@@ -64,6 +65,9 @@ def record(args) -> None:
         "tokens_per_s": round(statistics.median(values("train/tokens_per_s"))),
         "machine": machine(), "note": args.note, "params_hash": meta["params_hash"],
     }
+    if args.of_epochs:  # the first epochs of a longer recipe: its full time is projected from these
+        entry["of_epochs"] = args.of_epochs
+        entry["projected_train_h"] = round(entry["train_min"] / entry["epochs"] * args.of_epochs / 60, 1)
     if "cache" in test:  # evaluate.cache_size was on: the continuous cache's numbers, beside the model's own
         entry["cache"] = test["cache"]
     (out / f"{args.recipe}.json").write_text(json.dumps(entry, indent=2) + "\n")
@@ -76,18 +80,21 @@ def table(args) -> None:
     entries = [json.loads(p.read_text()) for p in sorted(folder.glob("*.json"))]
     entries.sort(key=lambda e: -e["test_ppl"])
     print("| recipe | val ppl | test ppl | with the cache (val / test) | epochs | training | whole pipeline | "
-          "tokens/s | command |")
-    print("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- |")
+          "tokens/s | machine | command |")
+    print("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- | --- |")
     for e in entries:
         note = f" ({e['note']})" if e.get("note") else ""
         c = e.get("cache")
         cached = f"{c['val_ppl']:.2f} / {c['test_ppl']:.2f} (size {c['size']}, θ {c['theta']}, λ {c['lambda']})" if c else "–"
-        print(f"| `{e['recipe']}`{note} | {e['val_ppl']:.2f} | **{e['test_ppl']:.2f}** | {cached} | {e['epochs']} | "
-              f"{e['train_min']:.1f} min | {e['wall_min']:.1f} min | {e['tokens_per_s']:,} | `{e['command']}` |")
+        epochs = f"{e['epochs']} of {e['of_epochs']} (all {e['of_epochs']}: {e['projected_train_h']} h, projected)" \
+            if e.get("of_epochs") else e["epochs"]
+        print(f"| `{e['recipe']}`{note} | {e['val_ppl']:.2f} | **{e['test_ppl']:.2f}** | {cached} | {epochs} | "
+              f"{e['train_min']:.1f} min | {e['wall_min']:.1f} min | {e['tokens_per_s']:,} | {e['machine']} | `{e['command']}` |")
     curves = []
     for e in entries:
         rows = list(csv.DictReader((folder / f"{e['recipe']}.val.csv").open()))
-        curves.append((f"{e['recipe']} (test {e['test_ppl']:.1f})", list(range(1, len(rows) + 1)),
+        first = f"first {e['epochs']} of {e['of_epochs']} epochs, " if e.get("of_epochs") else ""
+        curves.append((f"{e['recipe']} ({first}test {e['test_ppl']:.1f})", list(range(1, len(rows) + 1)),
                        [float(r["val_ppl"]) for r in rows]))
     sys.path.insert(0, str(REPO / "src"))
     from rnnlab import plots
@@ -107,6 +114,7 @@ def main() -> None:
     r.add_argument("--wall-min", type=float, required=True)
     r.add_argument("--note", default="")
     r.add_argument("--corpus", default="ptb")
+    r.add_argument("--of-epochs", type=int, default=0, help="the recipe's epochs, when the run trained only its first")
     t = sub.add_parser("table")
     t.add_argument("--corpus", default="ptb")
     args = p.parse_args()
