@@ -109,6 +109,11 @@ def isolated_mlflow_uri():
 @pytest.fixture
 def project(tmp_path: Path) -> Path:
     """A copy of the repository (code, conf, pipeline) in a fresh git repository, with a tiny corpus."""
+    return copy_project(tmp_path)
+
+
+def copy_project(tmp_path: Path) -> Path:
+    """`project`'s work, for fixtures of a wider scope: tmp_path/project."""
     dst = tmp_path / "project"
     ignore = shutil.ignore_patterns(".venv", "__pycache__", "*.egg-info", ".pytest_cache", "tmp", "cache")
     for name in ("conf", "pipeline", "src", ".dvc"):
