@@ -1,4 +1,5 @@
-"""The published recipes (conf/experiment/{zaremba_small,zaremba_medium,wlm,awd_small,awd_small_256}.yaml), offline.
+"""The published recipes (conf/experiment/{zaremba_small,zaremba_medium,wlm,awd_small,awd_small_256,awd_small_long}.yaml),
+offline.
 
 Each recipe is composed from the real conf/ exactly as `+experiment=<name>` does; the tests check the values
 that define it, its parameter count on PTB's 10,000-word vocabulary (exact, by formula), and that its
@@ -17,7 +18,7 @@ from conftest import REPO, conf_spec
 from rnnlab import config, vocab
 from rnnlab.schema import VocabSpec
 
-RECIPES = ("zaremba_small", "zaremba_medium", "wlm", "awd_small", "awd_small_256")
+RECIPES = ("zaremba_small", "zaremba_medium", "wlm", "awd_small", "awd_small_256", "awd_small_long")
 PTB_VOCAB = 10_000
 
 
@@ -94,6 +95,34 @@ def test_awd_small_is_zaremba_small_sized_tied_and_regularised():
     assert cfg.trainer.max_epochs == small.trainer.max_epochs and cfg.optim.schedule == "step"
 
 
+def test_awd_small_long_is_awd_small_256_with_weight_drop_and_a_longer_lr_20_phase():
+    long, short = recipe("awd_small_long"), recipe("awd_small_256")
+    assert long.model.weight_drop == 0.2 and short.model.weight_drop == 0.0
+    assert (long.trainer.max_epochs, long.optim.step_start_epoch) == (28, 22)  # six halvings, epochs 23-28
+    changed = {"model": {"weight_drop"}, "optim": {"step_start_epoch"}, "trainer": {"max_epochs"}}
+    for section in ("model", "optim", "trainer", "data", "evaluate"):
+        a, b = long.section(section), short.section(section)
+        assert {k for k in a if a[k] != b[k]} == changed.get(section, set()), section
+
+
+def test_the_ablation_sweep_is_awd_small_plus_one_addition_at_a_time():
+    sweep = yaml.safe_load((REPO / "conf" / "experiment" / "awd_ablation.yaml").read_text())["hydra"]["sweeper"]
+    options = sweep["params"]["ablation"].split(",")
+    assert options == ["none", "weight_drop", "ar_tar", "variable_bptt", "nt_asgd"]
+    assert set(options) == set(config.group_options("ablation", REPO / "conf"))
+    full, base = recipe("awd_small_full"), recipe("awd_small")
+    adds = {"none": {}, "weight_drop": {("model", "weight_drop"): full.model.weight_drop},
+            "ar_tar": {("optim", "ar"): full.optim.ar, ("optim", "tar"): full.optim.tar},
+            "variable_bptt": {("data", "variable_bptt"): True},
+            "nt_asgd": {("optim", "schedule"): "none", ("optim", "nonmono"): 2}}
+    for option in options:
+        job = recipe("awd_ablation", f"ablation={option}")  # what the sweep's job composes
+        assert recipe("awd_small", f"+ablation={option}") == job  # and the one-job command
+        changed = {(s, k): job.section(s)[k] for s in ("model", "optim", "data", "trainer", "evaluate")
+                   for k in job.section(s) if job.section(s)[k] != base.section(s)[k]}
+        assert changed == adds[option], option
+
+
 def test_pretokenized_vocab_has_the_keys_of_the_word_vocab():
     word = yaml.safe_load((REPO / "conf" / "vocab" / "word.yaml").read_text())
     pretokenized = yaml.safe_load((REPO / "conf" / "vocab" / "pretokenized.yaml").read_text())
@@ -107,7 +136,7 @@ def test_pretokenized_vocab_has_the_keys_of_the_word_vocab():
 
 @pytest.mark.parametrize("name, expected", [("zaremba_small", 4_653_200), ("zaremba_medium", 19_780_400),
                                             ("wlm", 4_653_200), ("awd_small", 2_653_200),
-                                            ("awd_small_256", 3_622_672)])
+                                            ("awd_small_256", 3_622_672), ("awd_small_long", 3_622_672)])
 def test_parameter_count_on_a_10k_vocabulary(name, expected):
     from rnnlab.model import RNNLM
 
