@@ -37,6 +37,12 @@ def lm_params(v: int, e: int, h: int, layers: int, tied: bool) -> int:
     return v * e + core + (0 if tied else h * v) + v
 
 
+def differences(a, b) -> dict[tuple[str, str], object]:
+    """{(section, key): a's value} wherever two composed configs differ in what trains and evaluates."""
+    return {(s, k): v for s in ("model", "optim", "data", "trainer", "evaluate")
+            for k, v in a.section(s).items() if v != b.section(s)[k]}
+
+
 # --- what defines each recipe -----------------------------------------------------------------------------
 
 
@@ -99,10 +105,8 @@ def test_awd_small_long_is_awd_small_256_with_weight_drop_and_a_longer_lr_20_pha
     long, short = recipe("awd_small_long"), recipe("awd_small_256")
     assert long.model.weight_drop == 0.2 and short.model.weight_drop == 0.0
     assert (long.trainer.max_epochs, long.optim.step_start_epoch) == (28, 22)  # six halvings, epochs 23-28
-    changed = {"model": {"weight_drop"}, "optim": {"step_start_epoch"}, "trainer": {"max_epochs"}}
-    for section in ("model", "optim", "trainer", "data", "evaluate"):
-        a, b = long.section(section), short.section(section)
-        assert {k for k in a if a[k] != b[k]} == changed.get(section, set()), section
+    assert set(differences(long, short)) == {("model", "weight_drop"), ("optim", "step_start_epoch"),
+                                              ("trainer", "max_epochs")}
 
 
 def test_the_ablation_sweep_is_awd_small_plus_one_addition_at_a_time():
@@ -118,9 +122,7 @@ def test_the_ablation_sweep_is_awd_small_plus_one_addition_at_a_time():
     for option in options:
         job = recipe("awd_ablation", f"ablation={option}")  # what the sweep's job composes
         assert recipe("awd_small", f"+ablation={option}") == job  # and the one-job command
-        changed = {(s, k): job.section(s)[k] for s in ("model", "optim", "data", "trainer", "evaluate")
-                   for k in job.section(s) if job.section(s)[k] != base.section(s)[k]}
-        assert changed == adds[option], option
+        assert differences(job, base) == adds[option], option
 
 
 def test_pretokenized_vocab_has_the_keys_of_the_word_vocab():
