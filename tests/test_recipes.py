@@ -1,5 +1,5 @@
-"""The published recipes (conf/experiment/{zaremba_small,zaremba_medium,wlm,awd_small,awd_small_256,awd_small_long}.yaml),
-offline.
+"""The published recipes (conf/experiment/{zaremba_small,zaremba_medium,wlm,awd_small,awd_small_256,awd_small_long,
+awd_small_300}.yaml), offline.
 
 Each recipe is composed from the real conf/ exactly as `+experiment=<name>` does; the tests check the values
 that define it, its parameter count on PTB's 10,000-word vocabulary (exact, by formula), and that its
@@ -18,7 +18,7 @@ from conftest import REPO, conf_spec
 from rnnlab import config, vocab
 from rnnlab.schema import VocabSpec
 
-RECIPES = ("zaremba_small", "zaremba_medium", "wlm", "awd_small", "awd_small_256", "awd_small_long")
+RECIPES = ("zaremba_small", "zaremba_medium", "wlm", "awd_small", "awd_small_256", "awd_small_long", "awd_small_300")
 PTB_VOCAB = 10_000
 
 
@@ -109,6 +109,14 @@ def test_awd_small_long_is_awd_small_256_with_weight_drop_and_a_longer_lr_20_pha
                                               ("trainer", "max_epochs")}
 
 
+def test_awd_small_300_is_awd_small_long_wider_with_a_shorter_lr_20_phase():
+    wide, long = recipe("awd_small_300"), recipe("awd_small_long")
+    assert (wide.model.embedding_size, wide.model.hidden_size) == (300, 300) and wide.model.tie_weights
+    assert (wide.trainer.max_epochs, wide.optim.step_start_epoch) == (21, 15)  # six halvings, epochs 16-21
+    assert set(differences(wide, long)) == {("model", "embedding_size"), ("model", "hidden_size"),
+                                            ("optim", "step_start_epoch"), ("trainer", "max_epochs")}
+
+
 def test_the_ablation_sweep_is_awd_small_plus_one_addition_at_a_time():
     sweep = yaml.safe_load((REPO / "conf" / "experiment" / "awd_ablation.yaml").read_text())["hydra"]["sweeper"]
     options = sweep["params"]["ablation"].split(",")
@@ -138,7 +146,8 @@ def test_pretokenized_vocab_has_the_keys_of_the_word_vocab():
 
 @pytest.mark.parametrize("name, expected", [("zaremba_small", 4_653_200), ("zaremba_medium", 19_780_400),
                                             ("wlm", 4_653_200), ("awd_small", 2_653_200),
-                                            ("awd_small_256", 3_622_672), ("awd_small_long", 3_622_672)])
+                                            ("awd_small_256", 3_622_672), ("awd_small_long", 3_622_672),
+                                            ("awd_small_300", 4_454_800)])
 def test_parameter_count_on_a_10k_vocabulary(name, expected):
     from rnnlab.model import RNNLM
 
