@@ -7,7 +7,7 @@ import shutil
 import pytest
 from hydra import compose, initialize
 
-from conftest import REPO
+from conftest import REPO, run
 from rnnlab import config
 from rnnlab.errors import UserError
 from rnnlab.params import build
@@ -73,3 +73,18 @@ def test_stale_params_yaml_is_noticed(tmp_path, monkeypatch):
     config.write_params(["vocab=word"], params, conf)  # recomposed by hand
     config.check_fresh(state, params, conf)
     assert "min_freq: 3" in params.read_text()
+
+
+def test_a_yaml_syntax_error_in_conf_and_a_number_as_a_group_choice_are_one_line(tmp_path):
+    conf = tmp_path / "conf"
+    shutil.copytree(REPO / "conf", conf)
+    done = run(["python", "-m", "rnnlab.config", "sample=5"], tmp_path, check=False)  # the command line: one line
+    assert done.returncode == 2 and done.stderr.startswith("error: sample=5: sample takes") and "Traceback" not in done.stderr
+    assert not (tmp_path / "params.yaml").exists()
+    with pytest.raises(UserError, match=r"^sample=5: sample takes the name of one of its files, one of: default$"):
+        config.compose(["sample=5"], conf)
+    with (conf / "optim" / "adam.yaml").open("a") as fh:
+        fh.write("lr: [1,\n")
+    with pytest.raises(UserError, match=r"^a file in .*conf is not valid YAML \(.*adam.yaml.*\); fix it, or bring "
+                                        r"it back with `git checkout -- conf`$"):
+        config.compose([], conf)

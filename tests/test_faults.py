@@ -379,3 +379,20 @@ def test_a_damaged_file_is_one_line_naming_it_and_the_fix(vocab_dir, tmp_path, k
         trained_model.load_trained(vocab_dir, given)
     message = str(err.value)
     assert blamed in message and "\n" not in message and ("dvc repro" in message or "give a .ckpt" in message)
+
+
+def test_a_model_whose_meta_json_claims_another_vocabularys_hash_is_refused_by_its_size(vocab_dir, tmp_path):
+    """The hash copied from another vocabulary into meta.json: the sizes still differ, and loading says so
+    (sampling would index past the vocabulary, evaluation would score the wrong distribution)."""
+    from rnnlab import trained_model, vocab
+    from rnnlab.model import RNNLM
+
+    voc = vocab.VocabDir(vocab_dir).vocab()
+    model_dir = tmp_path / "train" / "model"
+    trained_model.save(model_dir, RNNLM(len(voc) + 3, conf_spec("model", embedding_size=4, hidden_size=8)), voc, {})
+    meta = json.loads((model_dir / "meta.json").read_text())
+    meta["vocab_size"] = len(voc) + 3  # a model of another vocabulary, with this vocabulary's hash
+    (model_dir / "meta.json").write_text(json.dumps(meta))
+    with pytest.raises(UserError, match=rf"^the model in .* has {len(voc) + 3} output tokens, but the vocabulary given "
+                                        rf"\(.*\) has {len(voc)}; retrain it"):
+        trained_model.load_trained(vocab_dir, model_dir)

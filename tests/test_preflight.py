@@ -92,6 +92,20 @@ def test_several_nodes_without_a_cluster_launcher_are_refused_not_a_30_minute_wa
     preflight.topology(params)
 
 
+def test_batch_sizes_that_do_not_divide_among_ddp_processes_are_refused_in_the_preflight(tmp_path):
+    """Before DVC removes any output (the params stage), not when the Trainer starts."""
+    params = tiny_params(tmp_path, "trainer.accelerator=cpu", "trainer.devices=2", "trainer.strategy=ddp",
+                         "data.batch_size=3")
+    with pytest.raises(UserError, match=r"^data.batch_size=3 does not divide among 2 processes .* use a multiple of 2$"):
+        preflight.check(params, None)
+    params = tiny_params(tmp_path, "trainer.accelerator=cpu", "trainer.devices=2", "trainer.strategy=ddp",
+                         "data.batch_size=4", "data.eval_batch_size=5")
+    with pytest.raises(UserError, match=r"^data.eval_batch_size=5 does not divide among 2 processes"):
+        preflight.topology(params)  # the train stage's own check (python pipeline/train.py) runs it too
+    preflight.check(tiny_params(tmp_path, "trainer.accelerator=cpu", "trainer.devices=2", "trainer.strategy=ddp",
+                                "data.batch_size=4", "data.eval_batch_size=2"), None)
+
+
 def test_an_mlflow_store_that_is_not_sqlite_or_cannot_be_created_is_one_line(tmp_path):
     (tmp_path / "not.db").write_text("hello")
     with pytest.raises(UserError, match="is not an SQLite database"):
@@ -137,12 +151,15 @@ def test_under_dvc_an_empty_corpus_keeps_every_previous_output_and_a_failed_trai
          "trainer.gradient_clip_val=0"], project)
     failed = run(["dvc", "repro"], project, check=False)
     errors = [line for line in failed.stderr.splitlines() if line.startswith("error:")]
-    assert len(errors) == 1 and "dvc checkout train" in errors[0], failed.stderr[-3000:]
+    assert len(errors) == 1 and "dvc checkout --force train" in errors[0], failed.stderr[-3000:]
     assert not (project / "data" / "train" / "model").exists()  # DVC removed it before the stage ran
     restore = errors[0].split("DVC removed the stage's previous outputs before it ran: ")[1]
-    assert restore.startswith("`dvc checkout train` brings them back, `git checkout -- data/train/metrics.json "
+    assert restore.startswith("`dvc checkout --force train` brings them back, `git checkout -- data/train/metrics.json "
                               "data/train/loss.csv data/train/val.csv data/train/grad_norm.csv data/train/gtt.csv` "
                               "the metrics it does not cache, if committed)"), restore
+    # a file the failed run left half-written where an output was: plain `dvc checkout` refuses to replace it
+    (project / "data" / "train" / "model").mkdir(parents=True)
+    (project / "data" / "train" / "model" / "model.pt").write_bytes(b"half-written")
     for command in restore.split("`")[1::2]:
         run(command.split(), project)
     assert digests(project) == before

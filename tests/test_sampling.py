@@ -71,6 +71,20 @@ def test_tiny_temperature_equals_greedy(vocab):
     assert texts(cold) == texts(greedy) * 3
 
 
+@pytest.mark.parametrize("temperature", [1e-45, 1e-30, 1e-12])
+def test_a_temperature_so_small_that_the_softmax_overflows_is_argmax(vocab, temperature):
+    """logits / T overflows to inf (NaN in the softmax) below about 1e-37: the limit T → 0 is argmax, not
+    the last token of the vocabulary drawn from a NaN distribution ('zzzz')."""
+    model = TinyLM(len(vocab), scale=10.0)
+    cold = sample(model, vocab, conf_spec("sample", num_samples=2, max_length=40, temperature=temperature, seed=3))
+    greedy = sample(model, vocab, conf_spec("sample", num_samples=2, max_length=40, greedy=True))
+    assert texts(cold) == texts(greedy) * 2
+    for top in ({"top_k": 3}, {"top_p": 0.5}):  # the filters see finite logits too
+        filtered = sample(model, vocab, conf_spec("sample", num_samples=2, max_length=40, temperature=temperature,
+                                                  seed=3, **top))
+        assert texts(filtered) == texts(greedy) * 2
+
+
 def test_top_k_1_equals_greedy(vocab):
     model = TinyLM(len(vocab), scale=3.0)
     top1 = sample(model, vocab, conf_spec("sample", num_samples=3, max_length=40, top_k=1, seed=7))

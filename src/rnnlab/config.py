@@ -58,8 +58,26 @@ def compose_config(overrides: list[str] = (), conf_dir: Path = CONF_DIR):
         first = str(err).strip().splitlines()[0]
         groups = ", ".join(sorted(p.name for p in Path(conf_dir).iterdir() if p.is_dir()))
         raise UserError(f"{first} Check the override's spelling; config groups: {groups}") from None
+    except yaml_errors() as err:  # a conf/ file that is not YAML: Hydra lets the parser's error through
+        raise UserError(f"a file in {conf_dir} is not valid YAML ({' '.join(str(err).split())[:300]}); fix it, "
+                        "or bring it back with `git checkout -- conf`") from None
+    except ValueError as err:  # `sample=5`: Hydra's parser made the group's choice a number
+        if "Config group override must be" not in str(err):
+            raise
+        bad = [o for o in overrides if (Path(conf_dir) / o.split("=", 1)[0].lstrip("+~")).is_dir()]
+        group = bad[0].split("=", 1)[0].lstrip("+~") if bad else "a config group"
+        raise UserError(f"{bad[0] if bad else 'an override'}: {group} takes the name of one of its files, "
+                        f"one of: {', '.join(group_options(group, Path(conf_dir)))}") from None
     OmegaConf.resolve(cfg)
     return cfg
+
+
+def yaml_errors() -> tuple[type[BaseException], ...]:
+    """What YAML syntax errors look like through Hydra (PyYAML's parser, OmegaConf's own)."""
+    import yaml
+    from omegaconf.errors import GrammarParseError
+
+    return yaml.YAMLError, GrammarParseError
 
 
 @functools.lru_cache(maxsize=8)

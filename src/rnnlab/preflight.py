@@ -10,7 +10,8 @@ other stage is downstream of its `preflight.json`) and keeps its outputs (`persi
              cheap, never a false alarm); for downloads (`corpus=url`) and large inputs only the files
   devices    `trainer.accelerator` / `trainer.devices` name devices this machine has
   topology   `trainer.num_nodes` > 1 only where a cluster launcher (SLURM, torchrun, or MASTER_ADDR and
-             NODE_RANK) starts the other nodes' processes; without one, DDP waits 30 minutes in silence
+             NODE_RANK) starts the other nodes' processes; without one, DDP waits 30 minutes in silence;
+             and the batch sizes divide among the processes (each owns an equal share of the streams)
   tracking   the MLflow store: a SQLite file that is one (or can be created), a server that answers
 
 The train stage runs `devices` and `topology` again (a direct `python pipeline/train.py`); a stage that
@@ -107,6 +108,22 @@ def topology(params) -> None:
                         "launcher started one (no SLURM_NTASKS, torchrun, or MASTER_ADDR + NODE_RANK); run it "
                         "under SLURM (hydra/launcher=slurm) or torchrun, see docs/scaling-out.md, or use "
                         "trainer.num_nodes=1")
+    shares(params)
+
+
+def shares(params) -> None:
+    """Under DDP each process owns an equal share of the streams: the batch sizes must divide by the number
+    of processes (trainer.devices x trainer.num_nodes). The data module checks it again when the Trainer
+    knows the real count; here it fails before DVC removes any output."""
+    trainer = params.trainer
+    want = trainer.devices
+    per_node = len(want) if isinstance(want, (list, tuple)) else want if isinstance(want, int) and want > 0 else 1
+    world = per_node * trainer.num_nodes
+    for key, size in (("data.batch_size", params.data.batch_size), ("data.eval_batch_size", params.data.eval_batch_size)):
+        if world > 1 and size % world:
+            raise UserError(f"{key}={size} does not divide among {world} processes (trainer.devices x "
+                            f"trainer.num_nodes): each process owns an equal share of the streams; use a "
+                            f"multiple of {world}")
 
 
 # --- tracking --------------------------------------------------------------------------------------------

@@ -67,6 +67,15 @@ def signals_deferred():
         _SIGNALS["deferred"] = before
         if requeue:
             signal.signal(signal.SIGUSR1, _on_signal)
+    raise_pending()  # a signal recorded after the fit ended (while outputs were written) still stops the run
+
+
+def raise_pending() -> None:
+    """Raise `Stopped` for a signal recorded while deferred that nobody acted on: one that came before
+    Lightning installed its own handler (Lightning forgets it: `received_sigterm` starts False), or after
+    its fit ended. Called when the training starts (callbacks.PendingSignal) and when the deferral ends."""
+    if _SIGNALS["received"]:
+        raise Stopped(_SIGNALS["received"])
 
 
 def slurm_requeue() -> bool:

@@ -126,8 +126,16 @@ def draw(logits: torch.Tensor, spec: SampleSpec, gen: torch.Generator) -> tuple[
 
 
 def filtered(logits: torch.Tensor, spec: SampleSpec) -> torch.Tensor:
-    """Temperature, then top-k, then top-p; removed tokens get -inf. (B, V) -> (B, V)."""
-    logits = logits.float() / spec.temperature
+    """Temperature, then top-k, then top-p; removed tokens get -inf. (B, V) -> (B, V).
+
+    A temperature so small that logits / T overflows (+inf, NaN in the softmax) is the limit T → 0: the
+    logits are shifted to a maximum of 0 first, so the best token keeps probability 1 (argmax); the shift
+    is taken only then, so ordinary temperatures draw exactly as before, bit for bit."""
+    scaled = logits.float() / spec.temperature
+    if not bool(torch.isfinite(scaled.amax(dim=-1)).all()):
+        shifted = logits.float() - logits.float().amax(dim=-1, keepdim=True)  # (B, V), max 0 per row
+        scaled = (shifted / spec.temperature).nan_to_num(nan=0.0, neginf=-math.inf)
+    logits = scaled
     if spec.top_k is not None:
         logits = top_k_filter(logits, spec.top_k)
     if spec.top_p is not None and spec.top_p < 1:

@@ -21,7 +21,7 @@ from rnnlab.model import RNNLM, ModelSpec
 from rnnlab.vocab import Vocab, VocabDir
 
 MODEL_FILE, META_FILE = "model.pt", "meta.json"
-FIX = "retrain it (dvc repro train), or bring back the pipeline's last one (dvc checkout train)"
+FIX = "retrain it (dvc repro train), or bring back the pipeline's last one (dvc checkout --force train)"
 
 
 def save(out_dir: str | Path, model: RNNLM, vocab: Vocab, extra: dict) -> None:
@@ -49,6 +49,10 @@ def load(path: str | Path, vocab: Vocab) -> tuple[RNNLM, dict]:
             f"the model in {path} was trained with vocabulary {meta['vocab_hash']}, but the vocabulary given is "
             f"{vocab.hash}; retrain (dvc repro train) or use the vocabulary it was trained with"
         )
+    if meta.get("vocab_size") != len(vocab):  # a hash copied into another model's meta.json: sizes still differ
+        raise UserError(
+            f"the model in {path} has {meta.get('vocab_size')} output tokens, but the vocabulary given "
+            f"({vocab.hash}) has {len(vocab)}; {FIX}")
     # model.impl (who runs BPTT in training) came after the first saved models; it does not change the weights.
     with reading(path if path.suffix == ".ckpt" else path / META_FILE, FIX):
         spec = ModelSpec(**{"impl": "auto"} | meta["model"])

@@ -41,7 +41,7 @@ from rnnlab.schema import VocabSpec
 
 EOS, UNK = "<eos>", "<unk>"
 EOS_ID, UNK_ID = 0, 1
-FIX = "rebuild it (dvc repro vocab), or bring back the pipeline's last one (dvc checkout vocab)"
+FIX = "rebuild it (dvc repro vocab), or bring back the pipeline's last one (dvc checkout --force vocab)"
 PATTERNS = {name: re.compile(pattern) for name, pattern in TOKENIZERS.items()}  # vocab.tokenizer -> its regex
 UNICODE = 0x110000  # code points: char level counts and encodes through arrays indexed by code point
 

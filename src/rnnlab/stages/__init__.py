@@ -17,7 +17,7 @@ its modules (tests/test_dvc_deps.py checks them against the import closure).
 
 DVC removes a stage's outputs before running it. The `params` stage runs first and checks what it can
 (rnnlab.preflight); a stage that still fails under DVC (DVC_STAGE set) adds to its one-line error the
-commands that bring the previous outputs back: `dvc checkout <stage>`, and `git checkout -- <files>` for
+commands that bring the previous outputs back: `dvc checkout --force <stage>` (without --force DVC refuses to replace a file the failed run left), and `git checkout -- <files>` for
 those DVC does not cache, which each stage module declares in `UNCACHED` (as dvc.yaml's `cache: false`).
 """
 
@@ -67,5 +67,5 @@ def restore_hint(stage, params) -> str:
     if os.environ.get("DVC_STAGE") != name or not hasattr(stage, "UNCACHED"):
         return ""
     files = " ".join(entry.format(paths=params.paths) for entry in stage.UNCACHED)
-    return (f" (DVC removed the stage's previous outputs before it ran: `dvc checkout {name}` brings them back"
+    return (f" (DVC removed the stage's previous outputs before it ran: `dvc checkout --force {name}` brings them back"
             + (f", `git checkout -- {files}` the metrics it does not cache, if committed)" if files else ")"))
