@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from conftest import SHARED_CORPORA, TINY_TEXT, conf_spec
-from rnnlab import corpus, shakespeare, splits
+from rnnlab import corpus, shakespeare, sources, splits
 from rnnlab.errors import UserError
 from rnnlab.files import sha256_bytes, sha256_file
 
@@ -321,7 +321,7 @@ def test_block_by_block_preparation_writes_what_the_whole_text_in_memory_gives(t
     with and without max_chars: the files and stats are those of cleaning and splitting the whole text."""
     from rnnlab import spool
 
-    for module, name, value in [(corpus, "CHUNK", 7), (corpus, "BLOCK", 23), (corpus, "MARGIN", 0),
+    for module, name, value in [(sources, "CHUNK", 7), (corpus, "BLOCK", 23), (corpus, "MARGIN", 0),
                                 (spool, "PIECE", 11), (spool, "COPY", 5)]:
         monkeypatch.setattr(module, name, value)
     rng = random.Random(str(kw))
@@ -388,7 +388,7 @@ def test_preparing_a_large_file_takes_the_memory_of_a_few_blocks(tmp_path, monke
 
 
 def test_the_utf8_checks_still_cover_the_whole_file(tmp_path, monkeypatch):
-    monkeypatch.setattr(corpus, "CHUNK", 5)
+    monkeypatch.setattr(sources, "CHUNK", 5)
     path = tmp_path / "late.txt"
     for tail, message in [(b"caf\xc3", "byte 0xc3 at byte offset 1003"), (b"\xe2\x82", "byte 0xe2 at byte offset 1000"),
                           (b"ok\xff \x00", r"NUL byte at byte offset 1004")]:
@@ -429,8 +429,8 @@ def test_an_unreadable_corpus_file_is_one_line(tiny_file, tmp_path, monkeypatch,
 def test_a_folder_read_as_a_corpus_file_is_one_line(tmp_path):
     spec = conf_spec("corpus", source="file", path="x")
     with pytest.raises(UserError, match=f"cannot read {tmp_path} \\(Is a directory\\); check its permissions"):
-        inputs = {"train": [corpus.Input(tmp_path, str(tmp_path), "check its permissions")]}
-        list(corpus.read_inputs(inputs, spec, hashlib.sha256())["train"])
+        inputs = {"train": [sources.Input(tmp_path, str(tmp_path), "check its permissions")]}
+        list(sources.read_inputs(inputs, spec, hashlib.sha256())["train"])
 
 
 @pytest.mark.skipif(os.geteuid() == 0, reason="root reads a file whatever its permissions")

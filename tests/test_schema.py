@@ -105,9 +105,9 @@ def test_choice_lists_are_declared_once_and_used():
     assert all(issubclass(getattr(torch.nn, cls), torch.nn.RNNBase) for cls in choices.CELLS.values())
     assert all(issubclass(getattr(torch.optim, cls), torch.optim.Optimizer) for cls in choices.OPTIMIZERS.values())
     assert set(config.group_options("model", REPO / "conf")) == set(choices.CELLS)
-    from rnnlab import corpus, vocab
+    from rnnlab import sources, vocab
 
-    assert set(corpus.READERS) == set(choices.SOURCES) and set(vocab.PATTERNS) == set(choices.TOKENIZERS)
+    assert set(sources.READERS) == set(choices.SOURCES) and set(vocab.PATTERNS) == set(choices.TOKENIZERS)
 
 
 @pytest.mark.parametrize("key, changes, message", [
