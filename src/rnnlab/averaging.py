@@ -11,6 +11,11 @@ averaged weights; training goes on from the SGD iterate, so a checkpoint holds b
     average.step()                        # after each optimiser step
     with average.swapped(): validate()     # the averaged weights, then the SGD iterate back
     average.observe(val_loss)              # may start the averaging
+
+Why not Lightning's `WeightAveraging` callback (2.6.6): it averages from the start of the fit and swaps the
+average in at every validation and checkpoint unconditionally, so before NT-ASGD's trigger fires validation,
+the best checkpoint and the saved model would be the *initial* weights; making it wait for the trigger means
+overriding its validation, checkpoint and train-end hooks, i.e. most of it.
 """
 
 from __future__ import annotations
