@@ -8,6 +8,8 @@ import os
 import subprocess
 import sys
 import textwrap
+import time
+import urllib.error
 import urllib.request
 from pathlib import Path
 
@@ -107,7 +109,9 @@ def test_dvc_repro_logs_and_registers_a_sampler_that_loads_and_serves_outside_th
     assert version.run_id == meta["mlflow_run_id"]
     model_dir = Path(mlflow_download(f"models:/{NAME}/1", tmp_path / "downloaded", uri))
     mlmodel = yaml.safe_load((model_dir / "MLmodel").read_text())
-    assert {c["name"] for c in json.loads(mlmodel["signature"]["inputs"])} == set(sampler_model.INPUTS)
+    assert mlmodel["signature"].get("inputs") is None  # the model checks its input itself (sampler_model)
+    assert mlmodel["metadata"]["inputs"] == sampler_model.input_columns()
+    assert [c["name"] for c in json.loads(mlmodel["signature"]["outputs"])] == list(sampler_model.OUTPUTS)
     assert (model_dir / mlmodel["saved_input_example_info"]["artifact_path"]).exists()
 
     # A vocabulary that is not the model's: refused with the stages' one-line message.
@@ -129,17 +133,39 @@ def test_dvc_repro_logs_and_registers_a_sampler_that_loads_and_serves_outside_th
     try:
         wait_until(lambda: http_ok(f"http://127.0.0.1:{port}/ping"), server, log, "mlflow models serve", 180)
         ask = {"prime": spec["prime"], "seed": 7, "num_samples": 2, "max_length": 30}
-        request = urllib.request.Request(f"http://127.0.0.1:{port}/invocations",
-                                         data=json.dumps({"dataframe_records": [ask]}).encode(),
-                                         headers={"Content-Type": "application/json"})
-        with urllib.request.urlopen(request, timeout=60) as response:
-            served = json.loads(response.read())["predictions"]
+        status, body = invoke(port, [ask])
+        assert status == 200, body
+        served = body["predictions"]
+        # Refused before any work: HTTP 400, rnnlab's one line as the message, no stack trace or file paths.
+        for row, says in [({"num_samples": 300000, "max_length": 5}, "over the limit of 1,000 per request"),
+                          ({"max_length": 400000}, "tokens (num_samples × (prime tokens + max_length)"),
+                          ({"temperature": 0}, "temperature=0 must be above 0"),
+                          ({"top_p": 2}, "top_p=2 must be in (0, 1]"),
+                          ({"temprature": 0.5}, "unknown column 'temprature' (did you mean 'temperature'?)")]:
+            began = time.perf_counter()
+            status, body = invoke(port, [row])
+            assert time.perf_counter() - began < 10, row
+            assert status == 400 and set(body) == {"error_code", "message"}, (row, body)
+            assert says in body["message"] and "\n" not in body["message"], (row, body)
+            assert not any(s in json.dumps(body) for s in ("Traceback", ".py", "stack_trace")), body
     finally:
         stop(server)
     assert server.poll() is not None
     local = load_and_predict(f"models:/{NAME}@champion", ask)
     assert [s["text"] for s in served] == [t["text"] for t in json.loads(local.stdout.strip().splitlines()[-1])]
     assert len(served) == 2 and all(s["stopped"] in ("eos", "max_length") for s in served)
+
+
+def invoke(port: int, rows: list[dict]) -> tuple[int, dict]:
+    """POST /invocations with `rows` as dataframe_records: (HTTP status, JSON body)."""
+    request = urllib.request.Request(f"http://127.0.0.1:{port}/invocations",
+                                     data=json.dumps({"dataframe_records": rows}).encode(),
+                                     headers={"Content-Type": "application/json"})
+    try:
+        with urllib.request.urlopen(request, timeout=60) as response:
+            return response.status, json.loads(response.read())
+    except urllib.error.HTTPError as err:
+        return err.code, json.loads(err.read())
 
 
 def mlflow_download(model_uri: str, dst: Path, uri: str) -> str:
