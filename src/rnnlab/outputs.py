@@ -6,7 +6,9 @@
     plots/*.png     the same, drawn (rnnlab.plots), for offline viewing
 
 Every file is written atomically (rnnlab.files). The same files go to the MLflow run as artifacts,
-with `time/train_s` and the `best/*` summary as metrics.
+with `time/train_s` and the `best/*` summary as metrics. To a tracking server these writes are queued
+(rnnlab.outbox): logging never holds the outputs back, and a server that is down at the end costs a
+warning line and `mlflow-unsent.json`, not the outputs.
 """
 
 from __future__ import annotations
@@ -78,7 +80,8 @@ def write(out: Path, model, vocab, meta: dict, history: dict, grad_rows: list, c
 
 
 def log(logger, out: Path, vocab_dir: VocabDir, logged: dict, metrics: dict, train_seconds: float) -> None:
-    """The training's summary metrics and every output file, to its MLflow run."""
+    """The training's summary metrics and every output file, to its MLflow run (through `logger.experiment`,
+    which an OutboxLogger queues)."""
     step = metrics["step"]
     # Not in metrics.json (a DVC output that a rerun or a resumed run reproduces exactly): MLflow only.
     logger.log_metrics({"time/train_s": round(train_seconds, 1)}, step=step)

@@ -5,7 +5,9 @@ Default store: `sqlite:///<repository root>/mlflow.db`, an absolute URI so that 
 in the same database. The environment variable MLFLOW_TRACKING_URI (a tracking server, e.g.
 http://127.0.0.1:5000) overrides the default, and `tracking.uri` in the config overrides both (MLflow
 itself exports MLFLOW_TRACKING_URI once a run starts, so in-process runs must not depend on it).
-A server that does not answer is an error *before* training starts, not after an hour.
+A server that does not answer is an error *before* training starts, not after an hour. Every call to a
+server is bounded (HTTP_LIMITS: MLflow's own defaults retry for minutes), and a training's writes to a
+server go through rnnlab.outbox, so that a server that goes away mid-run never stops the training.
 
 Browse: `mlflow ui --backend-store-uri sqlite:///mlflow.db` (serves http://127.0.0.1:5000).
 """
@@ -44,13 +46,26 @@ def tracking_uri(spec: TrackingSpec) -> str:
 SQLITE_HEADER = b"SQLite format 3\x00"
 
 
+# Per call to a server: a 10 s socket timeout, one retry (MLflow: 7 retries with back-off, 120 s timeouts).
+# MLflow reads these at each call; a value the user exported wins.
+HTTP_LIMITS = {"MLFLOW_HTTP_REQUEST_TIMEOUT": "10", "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "1",
+               "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1"}
+
+
+def remote(uri: str) -> bool:
+    return uri.startswith(("http://", "https://"))
+
+
 def check_store(uri: str) -> None:
     """Fail fast, in one line, where MLflow would retry for minutes or fail with a traceback: a server that
-    does not answer its health check, a SQLite store that is a folder, not a database, or cannot be created."""
+    does not answer its health check, a SQLite store that is a folder, not a database, or cannot be created.
+    A server's calls from here on are bounded by HTTP_LIMITS."""
     if uri.startswith("sqlite:///"):
         check_sqlite(Path(uri[len("sqlite:///"):]))
-    if not uri.startswith(("http://", "https://")):
+    if not remote(uri):
         return
+    for key, value in HTTP_LIMITS.items():
+        os.environ.setdefault(key, value)
     try:
         with urllib.request.urlopen(f"{uri.rstrip('/')}/health", timeout=10) as response:
             response.read()
@@ -144,9 +159,17 @@ def run_exists(spec: TrackingSpec, run_id: str) -> bool:
 
 
 def end_run(logger, status: str) -> None:
-    """Mark the run FAILED or KILLED; a store that is gone cannot be told, which is not a second error."""
+    """End the run FINISHED, FAILED or KILLED; a store that is gone cannot be told, which is not a second
+    error. A logger with an outbox (rnnlab.outbox) sends what it kept first; Lightning's own MLFlowLogger
+    already ended a FINISHED run at the end of the fit."""
     from mlflow.exceptions import MlflowException
 
+    closing = getattr(logger, "close_run", None)
+    if closing is not None:
+        closing(status)
+        return
+    if status == "FINISHED":
+        return
     with contextlib.suppress(MlflowException, OSError):
         logger.experiment.set_terminated(logger.run_id, status)
 
@@ -169,9 +192,10 @@ def ensure_experiment(uri: str, experiment: str) -> str:
         return found.experiment_id if found else client.create_experiment(experiment)
 
 
-def open_logger(params: Params, logged: dict, run_id: str | None = None):
+def open_logger(params: Params, logged: dict, run_id: str | None = None, server_logger=None):
     """A Lightning MLFlowLogger for a training: the interrupted run `run_id` continued (if it still exists),
-    or a new run, named and tagged after `params`, with `logged` as its params."""
+    or a new run, named and tagged after `params`, with `logged` as its params. `server_logger`: the
+    MLFlowLogger class to use for an http(s) store instead (rnnlab.outbox.server_logger)."""
     import sys
 
     from lightning.pytorch.loggers import MLFlowLogger
@@ -186,8 +210,9 @@ def open_logger(params: Params, logged: dict, run_id: str | None = None):
                   "logging to a new run", file=sys.stderr)
             run_id = None
         name = spec.run_name or (None if run_id else default_run_name(params))
-        logger = MLFlowLogger(experiment_name=spec.experiment, run_name=name, tracking_uri=uri,
-                              tags=run_tags(params, digest(logged)), run_id=run_id)
+        make = server_logger if server_logger is not None and remote(uri) else MLFlowLogger
+        logger = make(experiment_name=spec.experiment, run_name=name, tracking_uri=uri,
+                      tags=run_tags(params, digest(logged)), run_id=run_id)
         if not run_id:
             logger.log_hyperparams(logged)
     return logger
