@@ -1,7 +1,7 @@
 """Helpers of the generated fault tests (tests/test_generated_faults.py): a tiny project built once, a stage
 run in-process through its script's entry point, the outcome rule, bad config values and file damage.
 
-Only stable entry points are used (`rnnlab.stages.main` with a stage module's `run` and `READS`,
+Only stable entry points are used (`rnnlab.stages.main` with a stage module's `run`, rnnlab.stages.reruns,
 `rnnlab.config.write_params`, files on disk, `pipeline/<stage>.py`), so the same tests run against older
 checkouts of rnnlab (put their `src/` first on PYTHONPATH).
 
@@ -177,11 +177,18 @@ def run_stage_subprocess(stage: str, project: Path, timeout: float = 120) -> Out
 
 
 def readers(key: str) -> list[str]:
-    """The stages whose READS cover the params key `key` (`model.hidden_size` is read by train); the
-    `params` stage for a key no stage declares (paths.state, a section's `name`)."""
+    """The stages whose params (rnnlab.stages.reruns) cover the key `key` (`model.hidden_size`: train); the
+    `params` stage for a key no stage declares (paths.state, a section's `name`, tracking)."""
+    try:
+        from rnnlab.stages.reruns import reads as stage_reads
+    except ImportError:  # an older checkout: each stage module declared its READS
+
+        def stage_reads(stage: str) -> tuple[str, ...]:
+            return importlib.import_module(f"rnnlab.stages.{stage}").READS
+
     found = []
     for stage in STAGES:
-        reads = importlib.import_module(f"rnnlab.stages.{stage}").READS
+        reads = stage_reads(stage)
         if any(key == r or key.startswith(r + ".") or r.startswith(key + ".") for r in reads):
             found.append(stage)
     return found or ["params"]

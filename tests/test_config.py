@@ -75,6 +75,81 @@ def test_stale_params_yaml_is_noticed(tmp_path, monkeypatch):
     assert "min_freq: 3" in params.read_text()
 
 
+def test_conf_is_hashed_by_content_so_a_comment_leaves_the_recorded_state_as_it_was(tmp_path, monkeypatch):
+    """The params stage rewrites its state (data/state/params.json, a DVC output) only when a value changed:
+    a comment or a blank line in conf/ changes nothing, not even dvc.lock; a `# @package` line is read."""
+    monkeypatch.delenv("DVC_EXP_NAME", raising=False)
+    conf, params, state = tmp_path / "conf", tmp_path / "params.yaml", tmp_path / "state.json"
+    shutil.copytree(REPO / "conf", conf)
+    config.write_params([], params, conf)
+    config.check_fresh(state, params, conf)
+    recorded = state.read_bytes()
+    gru = conf / "model" / "gru.yaml"
+    gru.write_text("# a new first line\n\n" + gru.read_text().replace("\n", "   # note\n", 1) + "\n\n")
+    config.check_fresh(state, params, conf)
+    assert state.read_bytes() == recorded
+    assert config.content_hash(gru) != config.content_hash(conf / "model" / "lstm.yaml")
+    header = conf / "ablation" / "ar_tar.yaml"
+    before = config.content_hash(header)
+    header.write_text(header.read_text().replace("# @package _global_", "# @package optim"))
+    assert config.content_hash(header) != before
+
+
+def test_the_params_stage_runs_the_preflight_only_when_params_yaml_changed(tmp_path, monkeypatch):
+    """`dvc repro` runs the params stage every time (dvc.yaml `always_changed`): with nothing changed, or a
+    comment edited in conf/, it writes nothing and skips the preflight; a recomposed params.yaml runs it; a
+    value edited in conf/ without recomposing stops it with the explanation."""
+    from rnnlab import corpus, preflight
+    from rnnlab.params import load
+    from rnnlab.stages import params as params_stage
+
+    monkeypatch.delenv("DVC_EXP_NAME", raising=False)
+    shutil.copytree(REPO / "conf", tmp_path / "conf")
+    config.write_params([], tmp_path / "params.yaml", tmp_path / "conf")
+    monkeypatch.chdir(tmp_path)
+    calls = []
+    monkeypatch.setattr(preflight, "check", lambda params, parts: calls.append(params.model.hidden_size) or ["x"])
+    monkeypatch.setattr(corpus, "preview", lambda spec, raw: None)
+
+    def stage() -> None:
+        params_stage.run(load().replace(paths={"state": str(tmp_path / "state")}))
+
+    stage()
+    state = (tmp_path / "state" / "params.json").stat()
+    stage()
+    gru = tmp_path / "conf" / "model" / "gru.yaml"
+    gru.write_text(gru.read_text() + "\n# a comment\n")
+    stage()
+    assert calls == [256] and (tmp_path / "state" / "params.json").stat().st_mtime_ns == state.st_mtime_ns
+    config.write_params(["model.hidden_size=32"], tmp_path / "params.yaml", tmp_path / "conf")
+    stage()
+    assert calls == [256, 32]
+    gru.write_text(gru.read_text().replace("embedding_size: 64", "embedding_size: 65"))
+    with pytest.raises(UserError, match=r"^params.yaml is stale: conf/model/gru.yaml changed"):
+        stage()
+    assert calls == [256, 32]
+
+
+SAMPLING = ("temperature", "top_k", "top_p", "greedy", "prime", "unk")
+
+
+def test_validation_samples_default_to_the_sample_stage_settings():
+    """gradstats.sample_* are their own keys (so sample.* never rerun the training) with the sample stage's
+    defaults, so that the validation samples are drawn as they always were; a conf/ file (an experiment)
+    that sets one of sample.* sets its gradstats twin to the same value."""
+    import yaml
+
+    values = yaml.safe_load((REPO / "params.yaml").read_text())
+    assert {k: values["gradstats"][f"sample_{k}"] for k in SAMPLING} == {k: values["sample"][k] for k in SAMPLING}
+    for path in (REPO / "conf").rglob("*.yaml"):
+        if path.parent.name == "sample":
+            continue
+        content = yaml.safe_load(path.read_text()) or {}
+        sample, twins = content.get("sample") or {}, content.get("gradstats") or {}
+        differ = [k for k in SAMPLING if k in sample and twins.get(f"sample_{k}") != sample[k]]
+        assert not differ, f"{path.relative_to(REPO)} sets sample.{differ[0]} but not gradstats.sample_{differ[0]}"
+
+
 def test_a_yaml_syntax_error_in_conf_and_a_number_as_a_group_choice_are_one_line(tmp_path):
     conf = tmp_path / "conf"
     shutil.copytree(REPO / "conf", conf)

@@ -33,7 +33,8 @@ def test_dvc_repro_runs_the_five_stages(project):
     keys = {k for (k,) in db.execute("select distinct key from metrics")}
     assert {"val/loss", "test/ppl", "test/bpc", "samples/novelty_rate", "grad/norm_pre_clip"} <= keys
 
-    assert "up to date" in run(["dvc", "repro"], project).stdout
+    again = run(["dvc", "repro"], project).stdout  # the params stage always checks params.yaml against conf/
+    assert "Running stage" not in again.replace("Running stage 'params'", ""), again
     # Editing the BPTT maths (a comment is enough) makes DVC see train, sample, evaluate as changed.
     with open(project / "src" / "rnnlab" / "recurrence.py", "a") as fh:
         fh.write("# edited\n")

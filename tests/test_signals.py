@@ -52,9 +52,10 @@ def test_a_signal_raises_stopped_and_the_entry_point_exits_128_plus_it(own_handl
 
 def test_while_deferred_sigterm_is_recorded_for_lightning_to_stop_at_the_batch_end(own_handlers):
     runtime.catch_signals()
-    with runtime.signals_deferred():
-        os.kill(os.getpid(), signal.SIGTERM)  # only recorded: Lightning's handler raises at the batch end
-        time.sleep(0.1)
+    with pytest.raises(Stopped):  # nobody acted on it inside: it stops the run when the deferral ends
+        with runtime.signals_deferred():
+            os.kill(os.getpid(), signal.SIGTERM)  # only recorded: Lightning's handler raises at the batch end
+            time.sleep(0.1)
     assert runtime.stopped(SystemExit()).exit_status == 143  # what Lightning's SIGTERMException becomes
     runtime.catch_signals()
     other = SystemExit(3)
@@ -168,3 +169,46 @@ def test_slurm_requeue_signal_saves_a_checkpoint_requeues_and_the_next_run_resum
     assert "resuming the interrupted training from data/train/checkpoints/hpc_ckpt_1.ckpt" in resumed
     assert json.loads((project / "data" / "train" / "metrics.json").read_text())["step"] == 400
     assert statuses(project) == ["FINISHED"]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("moment", ["before Lightning's handler", "after the fit"])
+def test_sigterm_between_the_run_opening_and_lightnings_handler_or_after_the_fit_stops_the_run(
+        own_handlers, tmp_path, monkeypatch, moment):
+    """Lightning installs its SIGTERM handler inside `fit` and starts with `received_sigterm = False`: a
+    SIGTERM that came after the MLflow run opened but before that (0.1-0.5 s on 2 cores), or while the
+    outputs were written after the fit, was recorded and then forgotten: the training finished, exit 0,
+    FINISHED. Now it stops the run: `Stopped` (exit 143), run KILLED, before any step in the first case."""
+    from conftest import tiny_params
+    from rnnlab import outputs, training
+    from rnnlab.stages import prepare, vocab
+
+    params = tiny_params(tmp_path)
+    prepare.run(params)
+    vocab.run(params)
+    if moment == "before Lightning's handler":
+        real = training.make_trainer
+
+        def make_trainer(*args, **kwargs):
+            trainer = real(*args, **kwargs)
+            os.kill(os.getpid(), signal.SIGTERM)  # deferred: only recorded
+            time.sleep(0.1)
+            return trainer
+
+        monkeypatch.setattr(training, "make_trainer", make_trainer)
+    else:
+        real = outputs.write
+
+        def write(*args, **kwargs):
+            os.kill(os.getpid(), signal.SIGTERM)
+            time.sleep(0.1)
+            return real(*args, **kwargs)
+
+        monkeypatch.setattr(outputs, "write", write)
+    runtime.catch_signals()
+    with pytest.raises(Stopped) as err:
+        training.train(params, ("model",))
+    assert err.value.exit_status == 143
+    assert [s for (s,) in sqlite3.connect(tmp_path / "mlflow.db").execute("select status from runs")] == ["KILLED"]
+    if moment == "before Lightning's handler":
+        assert not (tmp_path / "data" / "train" / "loss.csv").exists()  # not one step trained

@@ -182,7 +182,7 @@ def test_a_dvc_remote_on_s3_carries_outputs_and_experiments_to_a_clone(project, 
     repro = run(["dvc", "repro"], clone).stdout
     for stage in ("prepare", "vocab", "train", "sample", "evaluate"):
         assert f"Stage '{stage}' didn't change, skipping" in repro, repro
-    assert "Stage 'params' didn't change, skipping" in repro and "Running stage" not in repro, repro
+    assert "Running stage" not in repro.replace("Running stage 'params'", ""), repro  # params: always checks conf/
 
     # ... and the experiment, listed on the git remote, pulled, and applied from the pulled cache.
     assert exp in run(["dvc", "exp", "list", "--name-only", "origin"], clone).stdout

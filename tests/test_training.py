@@ -291,21 +291,25 @@ def test_bf16_mixed_precision_trains(vocab_dir, tmp_path, cell):
     assert metrics["step"] == 30 and metrics["val_loss"] < 3.3  # ln(|V|) = 3.4 at the start
 
 
-def test_validation_samples_are_drawn_as_the_sample_section_says(vocab_dir, tmp_path):
-    """The samples logged to MLflow at a validation are the sample stage's procedure with the `sample`
-    section (temperature, top-k/p, <unk> policy, prime), seeded by the step: exactly what
-    sampling.sample gives for the saved model (the one validated, at step 10)."""
+def test_validation_samples_are_drawn_as_the_gradstats_section_says(vocab_dir, tmp_path):
+    """The samples logged to MLflow at a validation are the sample stage's procedure with the settings of
+    `gradstats.sample_*` (temperature, top-k/p, <unk> policy, prime; their own keys, so that the sample
+    stage's never rerun the training), seeded by the step: exactly what sampling.sample gives for the
+    saved model (the one validated, at step 10). The `sample` section plays no part."""
     from rnnlab import sampling
 
     job = tiny_job(vocab_dir, tmp_path, max_steps=10, val_check_interval=10)
-    job.sample = conf_spec("sample", temperature=0.5, top_k=5, unk="reject", prime="the")
+    job.gradstats = dataclasses.replace(job.gradstats, sample_temperature=0.5, sample_top_k=5, sample_unk="reject",
+                                        sample_prime="the")
+    job.sample = conf_spec("sample", temperature=3.0, top_k=None, unk="allow", prime="SPEAKER")
     run_training(job)
     db = sqlite3.connect(tmp_path / "mlflow.db")
     artifacts = Path(db.execute("select artifact_uri from runs").fetchone()[0])
     logged = (artifacts / "samples" / "step_000010.txt").read_text()
     model, _ = trained_model.load(tmp_path / "train" / "model", vocab.Vocab.load(vocab_dir / "vocab.json"))
     voc = vocab.Vocab.load(vocab_dir / "vocab.json")
-    as_configured = dataclasses.replace(job.sample, num_samples=2, max_length=20, seed=10)
+    as_configured = conf_spec("sample", temperature=0.5, top_k=5, unk="reject", prime="the", num_samples=2,
+                              max_length=20, seed=10)
     expected = "\n\n----\n\n".join(s.text for s in sampling.sample(model, voc, as_configured))
     assert logged == expected and all(text.startswith("the") for text in logged.split("\n\n----\n\n"))
     old_defaults = dataclasses.replace(as_configured, temperature=1.0, top_k=None, unk="allow", prime="")

@@ -23,16 +23,16 @@ from dataclasses import replace
 import torch
 from lightning.pytorch.callbacks import Callback
 
-from rnnlab import gradstats
+from rnnlab import gradstats, runtime
 from rnnlab.sampling import sample
 from rnnlab.schema import GradStatsSpec, SampleSpec
 from rnnlab.scoring import batchify
 from rnnlab.vocab import Vocab, VocabDir
 
 
-def diagnostics(vocab: Vocab, vocab_dir: VocabDir, spec: GradStatsSpec, sampling: SampleSpec) -> dict[str, Callback]:
+def diagnostics(vocab: Vocab, vocab_dir: VocabDir, spec: GradStatsSpec) -> dict[str, Callback]:
     """The diagnostic callbacks the `gradstats` section switches on (0 turns one off); validation samples
-    are drawn as the `sample` section says (temperature, top-k/p, <unk> policy, prime)."""
+    are drawn with its own `sample_*` settings (conf/config.yaml gives them the sample stage's defaults)."""
     found = {}
     if spec.every_n_steps > 0:
         found["grad"] = GradientStats(spec.every_n_steps)
@@ -40,9 +40,15 @@ def diagnostics(vocab: Vocab, vocab_dir: VocabDir, spec: GradStatsSpec, sampling
     if window is not None:
         found["gtt"] = GradientThroughTime(window)
     if spec.samples > 0:
-        found["samples"] = ValidationSamples(vocab, replace(sampling, num_samples=spec.samples,
-                                                                        max_length=spec.sample_length))
+        found["samples"] = ValidationSamples(vocab, validation_sampling(spec))
     return found
+
+
+def validation_sampling(spec: GradStatsSpec) -> SampleSpec:
+    """The sampler's settings for the validation samples (`seed` is replaced by the step when drawing)."""
+    return SampleSpec(num_samples=spec.samples, max_length=spec.sample_length, temperature=spec.sample_temperature,
+                      top_k=spec.sample_top_k, top_p=spec.sample_top_p, greedy=spec.sample_greedy,
+                      prime=spec.sample_prime, seed=0, unk=spec.sample_unk, checkpoint=None)
 
 
 def probe_window(val_ids, spec: GradStatsSpec) -> tuple[torch.Tensor, torch.Tensor] | None:
@@ -183,3 +189,11 @@ class LinePrinter(Callback):
             return "?"
         left = (time.perf_counter() - t0) / (step - step0) * max(self.total - step, 0)
         return f"{int(left // 60)}m{int(left % 60):02d}s"
+
+
+class PendingSignal(Callback):
+    """SIGTERM that came between the MLflow run's start and Lightning's own signal handler (installed inside
+    `fit`, which then forgets it) stops the training as soon as it starts (rnnlab.runtime.raise_pending)."""
+
+    def on_train_start(self, trainer, pl_module) -> None:
+        runtime.raise_pending()

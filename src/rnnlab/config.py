@@ -147,12 +147,26 @@ def write_params(overrides: list[str] = (), path: Path = PARAMS, conf_dir: Path 
 
 
 def tree_hashes(conf_dir: Path) -> dict[str, str]:
-    return {str(p.relative_to(conf_dir)): hashlib.sha256(p.read_bytes()).hexdigest()[:16]
-            for p in sorted(conf_dir.rglob("*.yaml"))}
+    """Each YAML file of conf/ by its content: a comment or a blank line changes no hash, a value does."""
+    return {str(p.relative_to(conf_dir)): content_hash(p) for p in sorted(conf_dir.rglob("*.yaml"))}
 
 
-def check_fresh(state_path: Path, params_path: Path = PARAMS, conf_dir: Path = CONF_DIR) -> None:
-    """Fail when conf/ changed since the last check while params.yaml did not (nobody recomposed it).
+def content_hash(path: Path) -> str:
+    """The parsed YAML and its `# @package` line (a comment that Hydra reads); unparsable YAML: the bytes
+    (composing it then says what is wrong)."""
+    import yaml
+
+    text = path.read_bytes()
+    try:
+        content = [yaml.safe_load(text), [line for line in text.splitlines() if line.startswith(b"# @package")]]
+    except yaml.YAMLError:
+        return hashlib.sha256(text).hexdigest()[:16]
+    return hashlib.sha256(json.dumps(content, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def fresh_state(state_path: Path, params_path: Path = PARAMS, conf_dir: Path = CONF_DIR) -> dict:
+    """What `check_fresh` records (params.yaml's hash, conf/'s content hashes); raises when conf/ changed
+    since the state at `state_path` while params.yaml did not (nobody recomposed it).
 
     Inside `dvc exp run` (DVC_EXP_NAME set) params.yaml was just composed by DVC, so it is fresh. An edit
     that changes nothing in the composition (a comment, an option not selected) is not reported.
@@ -167,7 +181,18 @@ def check_fresh(state_path: Path, params_path: Path = PARAMS, conf_dir: Path = C
                 "never recomposes; run `dvc exp run` (it recomposes conf/ into params.yaml; repeat your -S overrides), "
                 "or `python -m rnnlab.config [overrides]` and then `dvc repro`"
             )
-    write_json(state_path, now)
+    return now
+
+
+def check_fresh(state_path: Path, params_path: Path = PARAMS, conf_dir: Path = CONF_DIR) -> None:
+    """Fail when conf/ changed since the last check while params.yaml did not (`fresh_state`); else record
+    the state (the file is rewritten only when it changes, so a comment edit leaves it as it was)."""
+    record_state(state_path, fresh_state(state_path, params_path, conf_dir))
+
+
+def record_state(state_path: Path, state: dict) -> None:
+    if previous_state(state_path) != state:
+        write_json(state_path, state)
 
 
 def previous_state(state_path: Path) -> dict | None:

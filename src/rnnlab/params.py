@@ -2,13 +2,15 @@
 
 Stages load params.yaml once into a `Params` (`load`, or `from_dict` for a composed config); every
 value is checked in that one pass (rnnlab.schema), with one-line errors. Below the stage layer, code
-takes these typed sections, never raw dicts. What a run logs to MLflow, its name and tags, the hash
-that decides whether an interrupted training may resume, and the key under which a sweep shares
-prepared data all derive from a `Params` (`select`, `digest`):
+takes these typed sections, never raw dicts. What a run logs to MLflow (`logged`: the whole
+configuration but the machine's paths), its name and tags, the hash that decides whether an interrupted
+training may resume (of the keys its outputs depend on, rnnlab.stages.reruns), and the key under which a
+sweep shares prepared data all derive from a `Params` (`select`, `digest`):
 
     params = load("params.yaml")
     params.model.hidden_size                    # 256, checked
     params.select(("model", "paths.train"))     # {"model": {"name": "gru", ...}, "paths.train": "data/train"}
+    params.logged()                             # {"corpus": {...}, ..., "seed": 1337, "threads": None, ...}
 
 Plain Python (no torch), so the cheap stages load it quickly.
 """
@@ -31,6 +33,9 @@ SECTIONS = {"corpus": CorpusSpec, "vocab": VocabSpec, "model": ModelSpec, "optim
             "trainer": TrainerSpec, "gradstats": GradStatsSpec, "tracking": TrackingSpec, "sample": SampleSpec,
             "evaluate": EvaluateSpec, "paths": PathsSpec}
 RECOMPOSE = "recompose it: python -m rnnlab.config"
+# What a training logs to MLflow as its params: every section and value but `paths` (where this machine keeps
+# the files). MLflow flattens sections with "/": model/hidden_size, sample/temperature, tracking/experiment.
+LOGGED = (*(key for key in SECTIONS if key != "paths"), "seed", "threads", "callbacks")
 
 
 @dataclass(frozen=True)
@@ -76,6 +81,10 @@ class Params:
                 value = value[part]
             found[key] = value
         return found
+
+    def logged(self) -> dict:
+        """The whole configuration as MLflow logs it (LOGGED), whichever keys a stage depends on."""
+        return self.select(LOGGED)
 
     def replace(self, **changes: dict) -> Params:
         """A copy with some values of some sections changed, checked: replace(paths={"train": "x"})."""

@@ -58,6 +58,7 @@ def signals_deferred():
     only where none is, so ours steps aside for the fit.
     """
     before, _SIGNALS["deferred"] = _SIGNALS["deferred"], True
+    _SIGNALS["received"] = None  # one that came before was raised at once (not deferred then)
     requeue = slurm_requeue()
     if requeue:
         signal.signal(signal.SIGUSR1, signal.SIG_DFL)

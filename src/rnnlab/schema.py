@@ -329,8 +329,14 @@ class GradStatsSpec:
     every_n_steps: int  # gradient norms every k steps (0: off)
     gtt_length: int  # T of the gradient-through-time probe (0: off)
     gtt_batch: int  # validation streams averaged by the probe
-    samples: int  # samples logged to MLflow at each validation (0: off)
-    sample_length: int
+    samples: int  # samples logged to MLflow at each validation (0: off), drawn with these settings:
+    sample_length: int  # (their own keys, not sample.*: the sample stage's settings never rerun the training)
+    sample_temperature: float
+    sample_top_k: int | None
+    sample_top_p: float | None
+    sample_greedy: bool
+    sample_prime: str
+    sample_unk: str
 
     def __post_init__(self) -> None:
         check_types(self, "gradstats")
@@ -338,6 +344,8 @@ class GradStatsSpec:
             at_least(f"gradstats.{key}", getattr(self, key), 0)
         for key in ("gtt_batch", "sample_length"):
             at_least(f"gradstats.{key}", getattr(self, key), 1)
+        check_sampling("gradstats.sample_", self.sample_temperature, self.sample_top_k, self.sample_top_p,
+                       self.sample_unk)
 
 
 @dataclass(frozen=True)
@@ -373,14 +381,19 @@ class SampleSpec:
     def __post_init__(self) -> None:
         check_types(self, "sample")
         between("sample.seed", self.seed, 0, 2**64 - 1)  # torch.Generator's range
-        for key in ("num_samples", "max_length", "top_k"):  # top_k: null keeps every token
+        for key in ("num_samples", "max_length"):
             at_least(f"sample.{key}", getattr(self, key), 1)
-        if self.temperature <= 0:
-            raise UserError(f"sample.temperature={self.temperature} must be above 0; for argmax decoding set "
-                            "sample.greedy=true")
-        if self.top_p is not None and not 0 < self.top_p <= 1:
-            raise UserError(f"sample.top_p={self.top_p} must be in (0, 1]; use null to keep every token")
-        one_of("sample.unk", self.unk, UNK_POLICIES)
+        check_sampling("sample.", self.temperature, self.top_k, self.top_p, self.unk)
+
+
+def check_sampling(key: str, temperature: float, top_k: int | None, top_p: float | None, unk: str) -> None:
+    """The sampler's settings: the sample stage's (`key` "sample.") and the validation samples' ("gradstats.sample_")."""
+    at_least(f"{key}top_k", top_k, 1)  # null keeps every token
+    if temperature <= 0:
+        raise UserError(f"{key}temperature={temperature} must be above 0; for argmax decoding set {key}greedy=true")
+    if top_p is not None and not 0 < top_p <= 1:
+        raise UserError(f"{key}top_p={top_p} must be in (0, 1]; use null to keep every token")
+    one_of(f"{key}unk", unk, UNK_POLICIES)
 
 
 @dataclass(frozen=True)

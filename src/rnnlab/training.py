@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING
 import lightning.pytorch as pl
 from lightning.pytorch.callbacks import ModelCheckpoint, RichProgressBar
 
-from rnnlab import callbacks, checkpoints, outputs, runtime, sampler_model, tracking
+from rnnlab import callbacks, checkpoints, outbox, outputs, runtime, sampler_model, tracking
 from rnnlab.errors import UserError
 from rnnlab.data import StreamDataModule
 from rnnlab.lit import LitLM
@@ -29,24 +29,27 @@ if TYPE_CHECKING:
 
 def train(params: Params, reads: tuple[str, ...], extra_callbacks: list = ()) -> dict:
     """Train, save the best model and metrics; returns the metrics written to metrics.json. `reads`: the
-    keys the stage reads; their values (less paths) are the run's MLflow params and its resume hash."""
+    keys the training's outputs depend on (rnnlab.stages.reruns); their values (less paths) hash to the
+    resume check's and meta.json's `params_hash`. MLflow gets the whole configuration (`Params.logged`)."""
     runtime.configure(params.threads)
     pl.seed_everything(params.seed, workers=True, verbose=False)
-    logged = params.select(tuple(key for key in reads if key.split(".")[0] != "paths"))
-    phash, ckpt_dir = tracking.digest(logged), Path(params.paths.train) / "checkpoints"
+    logged = params.logged()
+    phash = tracking.digest(params.select(tuple(key for key in reads if key.split(".")[0] != "paths")))
+    ckpt_dir = Path(params.paths.train) / "checkpoints"
     if not checkpoints.launching_process():  # a further DDP process: resume where process 0 resumes
-        return fit(params, logged, None, checkpoints.handed_over(ckpt_dir, phash), extra_callbacks)
+        return fit(params, logged, phash, None, checkpoints.handed_over(ckpt_dir, phash), extra_callbacks)
     outputs.clean(Path(params.paths.train))
     found = checkpoints.resume_point(ckpt_dir, phash)
     resume, run_id = found if found else (None, None)
-    logger = tracking.open_logger(params, logged, run_id)
+    logger = tracking.open_logger(params, logged, run_id, outbox.server_logger(Path(params.paths.train)))
     try:  # from here on the run ends FINISHED, FAILED or (a signal, Ctrl-C) KILLED: never RUNNING
         if resume:
             print(f"resuming the interrupted training from {resume} (MLflow run {logger.run_id})")
         checkpoints.hand_over(resume)
         checkpoints.mark(ckpt_dir, phash, logger.run_id, complete=False)
         with tracking.store_errors(tracking.tracking_uri(params.tracking)), runtime.signals_deferred():
-            metrics = fit(params, logged, logger, resume, extra_callbacks)
+            metrics = fit(params, logged, phash, logger, resume, extra_callbacks)
+        tracking.end_run(logger, "FINISHED")  # a tracking server: what is still queued is sent first (bounded)
     except (KeyboardInterrupt, SystemExit, runtime.Stopped) as err:
         tracking.end_run(logger, "KILLED")
         raise runtime.stopped(err) from None
@@ -57,7 +60,7 @@ def train(params: Params, reads: tuple[str, ...], extra_callbacks: list = ()) ->
     return metrics
 
 
-def fit(params: Params, logged: dict, logger, resume: Path | None, extra_callbacks: list = ()) -> dict:
+def fit(params: Params, logged: dict, phash: str, logger, resume: Path | None, extra_callbacks: list = ()) -> dict:
     """Build the Trainer, fit (from `resume` if given), and write the outputs of a finished training
     (process 0 only; `logger` None in the others)."""
     data, out = StreamDataModule(params.paths.vocab, params.data, params.seed), Path(params.paths.train)
@@ -67,11 +70,12 @@ def fit(params: Params, logged: dict, logger, resume: Path | None, extra_callbac
                 lr_bptt=params.data.bptt if params.data.variable_bptt else None)
     best = ModelCheckpoint(dirpath=out / "checkpoints", filename="best", monitor="val/loss", mode="min",
                            save_top_k=1, save_last=True, auto_insert_metric_name=False, enable_version_counter=False)
-    watching = callbacks.diagnostics(vocab, vocab_dir, params.gradstats, params.sample)
+    watching = callbacks.diagnostics(vocab, vocab_dir, params.gradstats)
     tty = sys.stdout.isatty()
     trainer = make_trainer(params, logger=logger or False,
-                         callbacks=[best, callbacks.FinalValidation(), RichProgressBar() if tty else callbacks.LinePrinter(),
-                                    *watching.values(), *extra_callbacks],
+                         callbacks=[callbacks.PendingSignal(), best, callbacks.FinalValidation(),
+                                    RichProgressBar() if tty else callbacks.LinePrinter(), *watching.values(),
+                                    *extra_callbacks],
                          plugins=[checkpoints.AtomicCheckpointIO()], enable_progress_bar=tty,
                          default_root_dir=out / "checkpoints",  # where SLURM's requeue checkpoint goes
                          inference_mode=False, num_sanity_val_steps=0, enable_model_summary=False,
@@ -83,14 +87,14 @@ def fit(params: Params, logged: dict, logger, resume: Path | None, extra_callbac
         return {}
     if best.best_model_path:
         checkpoints.load_weights(lit, Path(best.best_model_path))
-    meta = {"params_hash": tracking.digest(logged), "mlflow_run_id": logger.run_id, "step": trainer.global_step}
+    meta = {"params_hash": phash, "mlflow_run_id": logger.run_id, "step": trainer.global_step}
     grad_rows = watching["grad"].rows if "grad" in watching else []
     curves = watching["gtt"].curves if "gtt" in watching else []
     title = f"{params.model.cell}, clip {params.trainer.kwargs()['gradient_clip_val']}"
     metrics = outputs.write(out, lit.model, vocab, meta, lit.history, grad_rows, curves, title)
     outputs.log(logger, out, vocab_dir, logged, metrics, lit.train_seconds())
-    sampler_model.log(tracking.tracking_uri(params.tracking), logger.run_id, out / "model", vocab_dir.vocab_file,
-                      params.sample, params.tracking.register_model)
+    outbox.send(logger, "the sampler model", sampler_model.log, tracking.tracking_uri(params.tracking), logger.run_id,
+                out / "model", vocab_dir.vocab_file, params.sample, params.tracking.register_model)
     return metrics
 
 

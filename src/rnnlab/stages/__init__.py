@@ -10,8 +10,9 @@
 
 Each `run(params)` takes the checked `rnnlab.params.Params`, reads its sections, calls the library, writes
 the stage's outputs and returns its metrics; a Hydra sweep (rnnlab.sweep) calls the same functions.
-Each stage module declares the params keys it reads in `READS`, which dvc.yaml's `params:` for the
-stage must equal (tests/test_dvc_deps.py), so DVC reruns a stage exactly when one of them changes.
+Which params keys rerun which stage is one table, rnnlab.stages.reruns (a key belongs to a stage when
+changing it can change the stage's outputs); dvc.yaml's `params:` lists equal its columns
+(tests/test_dvc_deps.py), so DVC reruns a stage exactly when one of them changes.
 A stage module imports only what its stage runs, so each stage's `deps:` in dvc.yaml can list exactly
 its modules (tests/test_dvc_deps.py checks them against the import closure).
 

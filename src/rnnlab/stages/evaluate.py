@@ -17,8 +17,6 @@ from rnnlab.errors import UserError
 from rnnlab.files import reading, remove_leftovers, write_json
 from rnnlab.vocab import VocabDir
 
-READS = ("evaluate", "corpus.source", "corpus.generator", "tracking", "paths.vocab", "paths.train", "paths.samples",
-         "paths.eval")
 # Outputs DVC does not cache (dvc.yaml `cache: false`): only git brings them back after a failed run
 UNCACHED = ("{paths.eval}/metrics.json",)
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 from rnnlab import corpus
 from rnnlab.files import remove_leftovers
 
-READS = ("corpus", "paths.prepared", "paths.raw")
 # Outputs DVC does not cache (dvc.yaml `cache: false`): only git brings them back after a failed run
 UNCACHED = ("{paths.prepared}/stats.json",)
 

@@ -1,19 +1,17 @@
 """Stage `train`: train the language model; writes `paths.train` (model, checkpoints, metrics, plots).
 
-What it logs to MLflow as params, and hashes to decide whether an interrupted run may resume, are the
-keys it reads (`READS`, less paths), which dvc.yaml lists under the stage's `params:` (a test keeps the two
-equal), so DVC reruns the training exactly when one of them changes.
+DVC reruns it when a key its outputs depend on changes (`READS`, its column of rnnlab.stages.reruns, which
+dvc.yaml lists under the stage's `params:`); their values also decide whether an interrupted run may resume.
+MLflow gets the whole configuration, also what the training does not depend on (tracking names, sample.*).
 """
 
 from __future__ import annotations
 
 from rnnlab import preflight
 from rnnlab.errors import UserError
+from rnnlab.stages.reruns import reads
 
-# sample.*: the samples logged at each validation are drawn as the sample stage draws them
-READS = ("model", "optim", "data", "trainer", "gradstats", "tracking", "seed", "threads", "callbacks", "corpus", "vocab",
-         "sample.temperature", "sample.top_k", "sample.top_p", "sample.greedy", "sample.prime", "sample.unk",
-         "paths.vocab", "paths.train")
+READS = reads("train")
 # Outputs DVC does not cache (dvc.yaml `cache: false`): only git brings them back after a failed run
 UNCACHED = ("{paths.train}/metrics.json", "{paths.train}/loss.csv", "{paths.train}/val.csv",
             "{paths.train}/grad_norm.csv", "{paths.train}/gtt.csv")

@@ -6,7 +6,6 @@ from rnnlab import corpus
 from rnnlab.files import remove_leftovers
 from rnnlab.vocab import build_and_encode
 
-READS = ("vocab", "corpus.format", "paths.prepared", "paths.vocab")
 # Outputs DVC does not cache (dvc.yaml `cache: false`): only git brings them back after a failed run
 UNCACHED = ("{paths.vocab}/stats.json",)
 
