@@ -26,6 +26,7 @@ from pathlib import Path
 import pytest
 
 from conftest import REPO, TINY_TEXT, conf_spec
+from rnnlab.tracking import KIND_TAG, TRAINING_KIND
 from rnnlab import splits, vocab
 from test_training import run_training, tiny_job
 
@@ -174,11 +175,15 @@ def test_users_browse_the_training_run_in_the_mlflow_ui(chromium, mlflow_server,
                                                      request):
     url = mlflow_server
     # 1. Train a tiny model, logging through the server (metrics by REST, artifacts uploaded through the proxy).
-    texts = splits.split(TINY_TEXT * 3, conf_spec("corpus", source="file", path="x"))
-    vocab.build_and_encode(texts, conf_spec("vocab", level="char"), False, tmp_path / "vocab")
-    job = tiny_job(tmp_path / "vocab", tmp_path)
-    job.tracking = conf_spec("tracking", uri=url)
-    run_training(job)
+    #    `pytest --refresh-docs` trains the real default run instead (about 3 minutes), for the README's picture.
+    if request.config.getoption("--refresh-docs"):
+        default_run(tmp_path, url)
+    else:
+        texts = splits.split(TINY_TEXT * 3, conf_spec("corpus", source="file", path="x"))
+        vocab.build_and_encode(texts, conf_spec("vocab", level="char"), False, tmp_path / "vocab")
+        job = tiny_job(tmp_path / "vocab", tmp_path)
+        job.tracking = conf_spec("tracking", uri=url)
+        run_training(job)
 
     # 2. The REST API finds the run, its metrics and its artifacts.
     experiment = api(url, "/api/2.0/mlflow/experiments/get-by-name?experiment_name=rnnlab")["experiment"]
@@ -207,17 +212,60 @@ def test_users_browse_the_training_run_in_the_mlflow_ui(chromium, mlflow_server,
     assert png.startswith(b"\x89PNG\r\n\x1a\n") and len(png) > 1000
     assert not (tmp_path / "mlruns").exists()  # nothing written client-side
 
-    # 3. The UI: the experiment's run list shows the run; the run page shows its metrics with their values.
-    runs_text = rendered(chromium, tmp_path, f"{url}/#/experiments/{exp_id}/runs", run_name, "1 matching run")
-    assert "Training runs" in runs_text
-    run_page = f"{url}/#/experiments/{exp_id}/runs/{run_id}"
+    # 3. The experiment is a model-training one (its kind tag), and the link the README gives opens it on the
+    # training view: its runs, not the GenAI overview. (MLflow 3.17.2's UI takes the view from its GenAI / Model
+    # training switch, i.e. the link's `workflowType`, before the tag; it keeps the parameter while you navigate.)
+    assert {"key": KIND_TAG, "value": TRAINING_KIND} in experiment["tags"]
+    landing = rendered(chromium, tmp_path, f"{url}/#/experiments/{exp_id}{VIEW}", run_name, "1 matching run")
+    assert "Model metrics" not in landing and "Token Usage" not in landing  # the run list, not the GenAI overview
+    run_page = f"{url}/#/experiments/{exp_id}/runs/{run_id}{VIEW}"
     val_loss = repr(metrics["val/loss"])  # the UI prints the full value, as JavaScript does (same as Python's repr)
     run_text = rendered(chromium, tmp_path, run_page, run_name, "val/loss", "grad/norm_pre_clip", "gtt/d000")
     assert val_loss in run_text, f"val/loss = {val_loss} is not on the run page"
     assert run_id in run_text and f"Metrics ({len(metrics)})" in run_text
+    charts_page = f"{url}/#/experiments/{exp_id}/runs/{run_id}/model-metrics{VIEW}"
+    charts = rendered(chromium, tmp_path, charts_page, "Model metrics", "norm_pre_clip", "loss")
 
-    # 4. A picture of the run page for the docs (tall enough to show the metrics table).
+    # 4. A picture for the README, three pages of the run side by side: the gradient norm before and after
+    # clipping, the training and validation loss (the run's own plots, as the UI shows them; its live charts load
+    # too slowly for a dependable picture) and its last validation samples.
     screenshot = DOCS_SCREENSHOT if request.config.getoption("--refresh-docs") else tmp_path / "mlflow-ui.png"
     screenshot.unlink(missing_ok=True)
-    browse(chromium, tmp_path, run_page, f"--screenshot={screenshot}")
+    artifacts = f"{url}/#/experiments/{exp_id}/runs/{run_id}/artifacts"
+    pages = [f"{artifacts}/plots/{name}.png{VIEW}" for name in ("gradient_norm", "loss")] + \
+        [f"{artifacts}/{samples[-1]}{VIEW}"]
+    shots = [tmp_path / f"page{i}.png" for i in range(len(pages))]
+    for page, shot in zip(pages, shots):
+        browse(chromium, tmp_path, page, f"--screenshot={shot}", window="1200,1100")
+    side_by_side(shots, screenshot)
     assert screenshot.read_bytes().startswith(b"\x89PNG") and screenshot.stat().st_size > 50_000
+
+
+def default_run(tmp_path: Path, url: str) -> None:
+    """`dvc repro`'s stages with the default config (paths under tmp_path), tracked by the server at `url`."""
+    from rnnlab.config import compose
+    from rnnlab.stages import prepare, sample, train
+    from rnnlab.stages import vocab as vocab_stage
+
+    paths = [f"paths.{k}={tmp_path / 'data' / k}" for k in ("raw", "prepared", "vocab", "train", "samples", "eval", "state")]
+    params = compose([*paths, f"tracking.uri={url}"], REPO / "conf")
+    for stage in (prepare, vocab_stage, train, sample):
+        stage.run(params)
+
+
+VIEW = "?workflowType=machine_learning"  # the UI's Model training switch, as a link parameter
+
+
+def side_by_side(shots: tuple[Path, ...], out: Path) -> None:
+    """The screenshots next to each other, each without the UI's right-hand assistant panel (the last ~26 % of
+    the window; it opens by default and has nothing of the run)."""
+    from PIL import Image
+
+    images = [Image.open(shot) for shot in shots]
+    parts = [image.crop((0, 0, int(image.width * 0.74), image.height)) for image in images]
+    joined = Image.new("RGB", (sum(p.width for p in parts), max(p.height for p in parts)), "white")
+    x = 0
+    for part in parts:
+        joined.paste(part, (x, 0))
+        x += part.width
+    joined.save(out, optimize=True)

@@ -177,7 +177,11 @@ def end_run(logger, status: str) -> None:
 def ensure_experiment(uri: str, experiment: str) -> str:
     """The id of `experiment`, created if need be. The first use of a new SQLite store migrates its schema,
     and two processes doing that (or creating the experiment) at once fail: two sweeps started together,
-    parallel queued experiments. A file lock beside the database lets one go first."""
+    parallel queued experiments. A file lock beside the database lets one go first.
+
+    The experiment is tagged as a model-training one (`KIND_TAG`): MLflow 3's UI decides per experiment
+    whether it opens on the GenAI view or on the training view (runs, charts, artifacts) from that tag; an
+    experiment without it (one an older rnnlab made) gets it too, a kind someone set is left alone."""
     from filelock import FileLock
     from mlflow.tracking import MlflowClient
 
@@ -189,7 +193,14 @@ def ensure_experiment(uri: str, experiment: str) -> str:
     with lock:
         client = MlflowClient(uri)
         found = client.get_experiment_by_name(experiment)
-        return found.experiment_id if found else client.create_experiment(experiment)
+        if found is None:
+            return client.create_experiment(experiment, tags={KIND_TAG: TRAINING_KIND})
+        if KIND_TAG not in found.tags:
+            client.set_experiment_tag(found.experiment_id, KIND_TAG, TRAINING_KIND)
+        return found.experiment_id
+
+
+KIND_TAG, TRAINING_KIND = "mlflow.experimentKind", "custom_model_development"  # the UI's own names (its JS bundle)
 
 
 def open_logger(params: Params, logged: dict, run_id: str | None = None, server_logger=None):
