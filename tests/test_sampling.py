@@ -256,3 +256,54 @@ def test_pick_samples_from_the_softmax():
     counts = torch.bincount(pick(logits, False, gen), minlength=4).float() / 20000
     assert counts[1] == 0
     assert torch.allclose(counts, torch.tensor([0.5, 0.0, 0.3, 0.2]), atol=0.015)
+
+
+# --- the recorded trace (the step-by-step picture's data) -------------------------------------------------
+
+
+@pytest.mark.parametrize("settings", [
+    {"unk": "reject", "temperature": 1.3}, {"top_k": 3, "unk": "allow"}, {"top_p": 0.8, "temperature": 0.7},
+    {"greedy": True, "unk": "reject"}, {"prime": "he"},
+])
+def test_recording_changes_no_sample_and_its_tokens_are_the_first_samples(vocab, settings):
+    """The trace only reads: same samples with and without it; its drawn tokens are the first sample's."""
+    from rnnlab.sampling import Trace
+
+    spec = conf_spec("sample", num_samples=4, max_length=30, seed=3, **settings)
+    plain = sample(TinyLM(len(vocab), scale=4.0), vocab, spec)
+    trace = Trace(max_steps=12)
+    traced = sample(TinyLM(len(vocab), scale=4.0), vocab, spec, trace)
+    assert [(s.text, s.ids, s.unk_rejections) for s in traced] == [(s.text, s.ids, s.unk_rejections) for s in plain]
+    first = traced[0]
+    drawn = [s.drawn_id for s in trace.steps]
+    assert drawn == (first.ids + [EOS_ID] * (first.stopped == "eos"))[:12]
+    assert trace.stopped == first.stopped
+    assert [s.input_id for s in trace.steps] == [trace.start_ids[-1]] + drawn[:-1]  # each draw is fed back
+    assert trace.start_ids[1:] == [vocab.index[c] for c in spec.prime]
+
+
+def test_trace_marks_rejected_unk_and_shows_the_distribution_drawn_from(vocab):
+    from rnnlab.sampling import Trace
+
+    logits = torch.full((len(vocab),), -2.0)
+    logits[UNK_ID], logits[vocab.index["w"]] = 2.0, 1.0
+    trace = Trace(max_steps=40, top=3)
+    (s,) = sample(FixedLM(logits), vocab, conf_spec("sample", num_samples=1, max_length=40, seed=0), trace)
+    assert sum(step.rejected for step in trace.steps) == s.unk_rejections > 0
+    assert all(step.first_id == UNK_ID and step.drawn_id != UNK_ID for step in trace.steps if step.rejected)
+    assert all(step.first_id == step.drawn_id for step in trace.steps if not step.rejected)
+    probs = (logits / 0.8).double().softmax(-1)  # the default temperature, 0.8
+    step = trace.steps[0]
+    assert step.top_ids[:2] == [UNK_ID, vocab.index["w"]]
+    assert step.top_probs == pytest.approx(probs.topk(3).values.tolist())
+    assert step.entropy == pytest.approx(float(-(probs * probs.log2()).sum()))
+    assert len(trace.steps) == 40 and trace.stopped == "max_length"
+
+
+def test_trace_stops_recording_at_the_first_samples_eos(vocab):
+    from rnnlab.sampling import Trace
+
+    trace = Trace(max_steps=10)
+    samples = sample(favouring(vocab, EOS_ID), vocab, conf_spec("sample", num_samples=2, max_length=5), trace)
+    assert [s.drawn_id for s in trace.steps] == [EOS_ID] and trace.stopped == "eos" == samples[0].stopped
+    assert trace.to_json(vocab)["steps"][0]["drawn"] == "<eos>"

@@ -23,6 +23,10 @@ step feeds one token per row (T = 1) with the carried hidden state, so the work 
 the prefix is never re-run. Randomness comes from a local `torch.Generator` seeded with `seed`: the
 same seed gives the same text and the global RNG is left alone.
 
+A `Trace` passed to `sample` records the first sample's first steps (the distribution drawn from, the
+token drawn and fed back, `<unk>` rejected): the sample stage draws it as sampling_steps.png. It reads
+only, so the samples are the same with it or without it.
+
 `novelty` tells which samples are not copies of the training split; `sample_stats` summarises a batch
 of samples.
 """
@@ -30,7 +34,7 @@ of samples.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from itertools import islice
 from pathlib import Path
 from statistics import fmean
@@ -55,8 +59,9 @@ class Sample:
     unk_rejections: int  # times <unk> was drawn and redrawn (unk: reject)
 
 
-def sample(model: torch.nn.Module, vocab: Vocab, spec: SampleSpec) -> list[Sample]:
-    """Generate `spec.num_samples` sequences as one batch (see the module docstring)."""
+def sample(model: torch.nn.Module, vocab: Vocab, spec: SampleSpec, trace: Trace | None = None) -> list[Sample]:
+    """Generate `spec.num_samples` sequences as one batch (see the module docstring); `trace`, if given,
+    records the first steps of the first sample."""
     if spec.greedy:
         spec = replace(spec, num_samples=1)  # argmax decoding gives the same text every time
     prime_ids = encode_prime(vocab, spec)
@@ -64,7 +69,7 @@ def sample(model: torch.nn.Module, vocab: Vocab, spec: SampleSpec) -> list[Sampl
     model.eval()
     try:
         with torch.no_grad():
-            rows, rejections = generate(model, [start_id(vocab)] + prime_ids, spec)
+            rows, rejections = generate(model, [start_id(vocab)] + prime_ids, spec, trace)
     finally:
         model.train(was_training)
     return [to_sample(vocab, prime_ids, row, n) for row, n in zip(rows, rejections)]
@@ -89,9 +94,10 @@ def encode_prime(vocab: Vocab, spec: SampleSpec) -> list[int]:
     return [vocab.index.get(tok, UNK_ID) for tok in tokens]
 
 
-def generate(model: torch.nn.Module, start_ids: list[int], spec: SampleSpec) -> tuple[list[list[int]], list[int]]:
+def generate(model: torch.nn.Module, start_ids: list[int], spec: SampleSpec,
+             trace: Trace | None = None) -> tuple[list[list[int]], list[int]]:
     """Rows of `max_length` ids drawn after `start_ids` (x<1> and the prime), `<eos>` after a row stops,
-    and the `<unk>` rejections per row."""
+    and the `<unk>` rejections per row. `trace` records row 0's first steps (see `Trace`)."""
     device = next(model.parameters(), torch.empty(0)).device
     start = torch.tensor(start_ids, device=device).repeat(spec.num_samples, 1)  # (B, 1 + P): x<1>, then the prime
     logits, hidden = model(start, None)  # (B, 1 + P, V); hidden=None is the zero state a<0>
@@ -99,29 +105,40 @@ def generate(model: torch.nn.Module, start_ids: list[int], spec: SampleSpec) -> 
     out = torch.full((spec.num_samples, spec.max_length), EOS_ID, dtype=torch.long, device=logits.device)
     done = torch.zeros(spec.num_samples, dtype=torch.bool, device=logits.device)  # (B,)
     rejections = torch.zeros(spec.num_samples, dtype=torch.long, device=logits.device)  # (B,)
+    if trace is not None:
+        trace.begin(start_ids)
     for t in range(spec.max_length):
         if t:
             logits, hidden = model(token[:, None], hidden)  # (B, 1) in: one step per token
-        token, rejected = draw(logits[:, -1], spec, gen)  # (B,), (B,)
+        token, rejected = draw(logits[:, -1], spec, gen, trace)  # (B,), (B,)
         token = token.masked_fill(done, EOS_ID)  # a stopped row keeps feeding <eos>; its output is ignored
         rejections += rejected & ~done
         out[:, t] = token
         done |= token == EOS_ID
         if bool(done.all()):
             break
-    return out.tolist(), rejections.tolist()
+    rows = out.tolist()
+    if trace is not None:
+        trace.stopped = "eos" if EOS_ID in rows[0] else "max_length"
+    return rows, rejections.tolist()
 
 
-def draw(logits: torch.Tensor, spec: SampleSpec, gen: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+def draw(logits: torch.Tensor, spec: SampleSpec, gen: torch.Generator,
+         trace: Trace | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """One token per row from the last step's logits (B, V); also which rows drew (and rejected) `<unk>`.
 
     A rejecting row redraws with the same filters applied to its logits without `<unk>`, so the redraw
-    never comes up empty (with top_k=1 it takes the next best token)."""
-    token = pick(filtered(logits, spec), spec.greedy, gen)  # (B,)
+    never comes up empty (with top_k=1 it takes the next best token). `trace` only reads what was drawn
+    from: it takes no random numbers and changes no value, so the samples are the same with or without it."""
+    kept = filtered(logits, spec)  # (B, V)
+    token = pick(kept, spec.greedy, gen)  # (B,)
     rejected = token == UNK_ID if spec.unk == "reject" else torch.zeros_like(token, dtype=torch.bool)
+    first = int(token[0]) if trace is not None and trace.recording else None  # row 0's draw, before a redraw
     if bool(rejected.any()):
         without_unk = logits[rejected].index_fill(1, torch.tensor([UNK_ID], device=logits.device), -math.inf)
         token[rejected] = pick(filtered(without_unk, spec), spec.greedy, gen)
+    if first is not None:
+        trace.record(kept[0], first, int(token[0]), bool(rejected[0]))
     return token, rejected
 
 
@@ -174,6 +191,64 @@ def to_sample(vocab: Vocab, prime_ids: list[int], row: list[int], rejections: in
     stopped = "eos" if EOS_ID in row else "max_length"
     ids = row[: row.index(EOS_ID)] if stopped == "eos" else row
     return Sample(vocab.decode(prime_ids + ids), ids, len(ids), stopped, rejections)
+
+
+# --- the procedure, step by step -----------------------------------------------------------------------
+
+
+@dataclass
+class Step:
+    """One step of row 0: the token fed in (x<t>), the most likely candidates of the distribution it was
+    drawn from (after temperature, top-k and top-p), the token drawn, and `<unk>` drawn first and redrawn."""
+    input_id: int
+    top_ids: list[int]
+    top_probs: list[float]
+    first_id: int  # what the first draw gave (`<unk>` when it was rejected)
+    drawn_id: int  # the token emitted and fed back as the next input
+    drawn_prob: float
+    rejected: bool
+    entropy: float  # of the distribution drawn from, in bits
+
+
+@dataclass
+class Trace:
+    """A recorder for `generate`: the first `max_steps` steps of the first sample (row 0), until it draws
+    `<eos>`; `stopped` is that sample's stop reason (also when it runs on past the recorded steps)."""
+    max_steps: int = 24
+    top: int = 5
+    start_ids: list[int] = field(default_factory=list)  # x<1> and the prime
+    steps: list[Step] = field(default_factory=list)
+    stopped: str | None = None
+
+    @property
+    def recording(self) -> bool:
+        return len(self.steps) < self.max_steps and not (self.steps and self.steps[-1].drawn_id == EOS_ID)
+
+    def begin(self, start_ids: list[int]) -> None:
+        self.start_ids, self.steps, self.stopped = list(start_ids), [], None
+
+    def record(self, kept: torch.Tensor, first: int, drawn: int, rejected: bool) -> None:
+        """Row 0's filtered logits (V,) and what was drawn from them. The softmax is computed here, apart
+        from the sampler's own, in float64."""
+        probs = kept.double().softmax(dim=-1)  # (V,)
+        top = probs.topk(min(self.top, probs.numel()))
+        logp = probs.clamp_min(1e-300).log2()
+        self.steps.append(Step(
+            input_id=self.steps[-1].drawn_id if self.steps else self.start_ids[-1],
+            top_ids=top.indices.tolist(), top_probs=top.values.tolist(), first_id=first, drawn_id=drawn,
+            drawn_prob=float(probs[drawn]), rejected=rejected, entropy=float(-(probs * logp).sum())))
+
+    def tokens(self, vocab: Vocab) -> list[str]:
+        """The drawn tokens as text (`<eos>` included when drawn)."""
+        return [vocab.tokens[s.drawn_id] for s in self.steps]
+
+    def to_json(self, vocab: Vocab) -> dict:
+        """The trace with tokens spelled out (sampling_steps.json, and the picture's data)."""
+        name = vocab.tokens.__getitem__
+        return {"prime": [name(i) for i in self.start_ids], "stopped": self.stopped, "steps": [
+            {"input": name(s.input_id), "top": [[name(i), p] for i, p in zip(s.top_ids, s.top_probs)],
+             "first": name(s.first_id), "drawn": name(s.drawn_id), "drawn_prob": s.drawn_prob,
+             "rejected": s.rejected, "entropy_bits": s.entropy} for s in self.steps]}
 
 
 # --- novelty ---------------------------------------------------------------------------------------------
