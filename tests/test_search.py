@@ -13,7 +13,7 @@ from hydra.core.override_parser.overrides_parser import OverridesParser
 from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
 
 from conftest import TINY, run
-from rnnlab import search
+from rnnlab import search, studyspec, trial as optuna_trial
 from rnnlab.errors import UserError
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -24,7 +24,7 @@ def parsed(*overrides: str) -> list:
 
 
 def test_the_search_space_follows_hydras_sweep_syntax():
-    dists, fixed = search.space(parsed(
+    dists, fixed = studyspec.space(parsed(
         "optim.lr=tag(log, interval(1e-4, 1e-2))", "model.dropout=interval(0, 0.5)",
         "model.hidden_size=tag(int, interval(16, 256))", "data.bptt=range(10, 40, 10)",
         "model=rnn,gru", "trainer.gradient_clip_algorithm=choice(norm, value)", "trainer.max_steps=20"))
@@ -41,12 +41,13 @@ def test_the_search_space_follows_hydras_sweep_syntax():
 
 def test_a_sweep_the_study_cannot_search_is_one_line():
     with pytest.raises(UserError, match="optim.lr: the optuna sweeper's choices must be plain values"):
-        search.space(parsed("optim.lr=choice([1, 2], [3])"))
+        studyspec.space(parsed("optim.lr=choice([1, 2], [3])"))
 
 
-@pytest.mark.parametrize("value", [0.1, 1e-05, 3, True, None, "rnn", "sqlite:////tmp/it's here/o.db", "a b,c"])
+@pytest.mark.parametrize("value", [0.1, 1e-05, 3, True, None, "rnn", "sqlite:////tmp/it's here/o.db", "a b,c",
+                                   "a\\b", "ends\\", "q\\'x", "\\\\'"])
 def test_an_assignment_parses_back_to_the_value(value):
-    (override,) = parsed(search.assignment("k", value))
+    (override,) = parsed(studyspec.assignment("k", value))
     assert override.value() == value and not override.is_sweep_override()
 
 
@@ -79,7 +80,7 @@ def test_pruning_reports_each_validation_and_stops_a_trial_worse_than_the_median
 
     good, bad = study.ask(), study.ask()
     for trial, losses in ((good, [3.0, 2.0]), (bad, [3.05, 2.5])):
-        callback = search.Pruning(trial)
+        callback = optuna_trial.Pruning(trial)
         for step, loss in zip((5, 10), losses):
             fake = trainer(loss, step)
             callback.on_validation_end(fake, None)

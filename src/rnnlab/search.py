@@ -5,20 +5,22 @@
         'optim.lr=tag(log, interval(1e-4, 1e-2))' 'trainer.gradient_clip_val=choice(0.25, 1, 5)'
 
 The sweeper (`hydra_plugins.rnnlab_optuna`, a thin shell: Hydra only loads plugins from that namespace)
-calls `run`. Each trial is one job of the usual sweep (rnnlab.sweep.run_job, through the configured
-launcher: basic, joblib for parallel trials, submitit for SLURM) and one child MLflow run of the sweep's
-parent run. The study lives in an Optuna RDB storage: by default `optuna.db` beside the MLflow SQLite
-file, or any URL (`hydra.sweeper.storage=postgresql://…` on a team server), so that parallel or resumed
-sweeps with the same `hydra.sweeper.study_name` share it.
+calls `run`. Every setting and the search space are checked first (rnnlab.studyspec: one line each).
+Each trial is one job of the usual sweep (rnnlab.sweep.run_job, through the configured launcher: basic,
+joblib for parallel trials, submitit for SLURM) and one child MLflow run of the sweep's parent run; the
+job finds its trial through the environment (rnnlab.trial). The study lives in an Optuna RDB storage: by
+default `optuna.db` beside the MLflow SQLite file, or any URL (`hydra.sweeper.storage=postgresql://…` on
+a team server), so that parallel or resumed sweeps with the same `hydra.sweeper.study_name` share it.
+`n_trials` is the study's size: a resumed study runs the trials it still lacks.
 
-Search spaces use Hydra's sweep syntax: `a,b,c` or `choice(a, b)` (categorical), `range(1, 5)`
-(integers), `interval(0.1, 1)` (uniform), `tag(log, interval(1e-4, 1e-2))` (log-uniform), `tag(int,
-interval(16, 256))` (integers).
+A life cycle like a run's: SIGTERM or SIGINT stops every job (the sweep kills the processes it started:
+joblib's workers would train on), marks the unfinished trials FAIL (user attribute `rnnlab.interrupted`:
+not counted as finished) and their MLflow runs KILLED, prints one line with the exact command that
+resumes the study, and exits 128 + signal. A study in which no trial completes is an error (exit 2).
 
-Pruning: each validation of a trial reports its loss at that training step (`Pruning`, a Lightning
-callback in the job); when the study's pruner (MedianPruner by default: worse than the median of the
-finished trials at the same step) says so, the training stops, the trial is PRUNED in Optuna and its
-MLflow run KILLED with the tag `optuna.state=PRUNED`.
+Pruning: each validation of a trial reports its loss at that training step (rnnlab.trial.Pruning); when
+the study's pruner (MedianPruner by default; `hydra.sweeper.pruner=null`: none) says so, the training
+stops, the trial is PRUNED in Optuna and its MLflow run KILLED with the tag `optuna.state=PRUNED`.
 
 At the end: the trials ranked (printed, and study/trials.md), the best params and value on the parent
 run, with the optimisation history and parameter importances as PNGs (study/), and, when
@@ -29,73 +31,22 @@ from __future__ import annotations
 
 import math
 import os
+import shlex
+import signal
+import sys
 import warnings
 from pathlib import Path
-from typing import Any
 
-from lightning.pytorch.callbacks import Callback
 from omegaconf import DictConfig, OmegaConf
 
-from rnnlab.errors import UserError
+from rnnlab import studyspec
+from rnnlab.errors import Stopped, UserError
+from rnnlab.files import make_folder, write_text
+from rnnlab.studyspec import Spec, assignment, quote
+from rnnlab.sweep import PARENT_ENV, client_for, ignore_signals, stop_workers
+from rnnlab.trial import STORAGE_ENV, STUDY_ENV, TRIAL_ENV
 
-STORAGE_ENV, STUDY_ENV, TRIAL_ENV = "RNNLAB_OPTUNA_STORAGE", "RNNLAB_OPTUNA_STUDY", "RNNLAB_OPTUNA_TRIAL"
-SIMPLE = set("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_-.+")
-
-
-# ---- the search space -------------------------------------------------------------------------------------
-
-def space(overrides: list) -> tuple[dict, list[str]]:
-    """Hydra overrides → (Optuna distributions of the swept keys, the fixed overrides as strings)."""
-    dists, fixed = {}, []
-    for override in overrides:
-        key = override.get_key_element()
-        if override.is_sweep_override():
-            dists[key] = distribution(override)
-        else:
-            fixed.append(f"{key}={override.get_value_element_as_str()}")
-    return dists, fixed
-
-
-def distribution(override):
-    from optuna.distributions import FloatDistribution, IntDistribution
-
-    key, value = override.get_key_element(), override.value()
-    if override.is_interval_sweep():
-        tags = value.tags or set()
-        if "int" in tags:
-            return IntDistribution(int(value.start), int(value.end), log="log" in tags)
-        return FloatDistribution(float(value.start), float(value.end), log="log" in tags)
-    if override.is_range_sweep():
-        values = list(override.sweep_iterator())
-        if values and all(isinstance(v, int) for v in values) and len(values) > 1:
-            return IntDistribution(values[0], values[-1], step=values[1] - values[0])
-        return categorical(key, values)
-    if override.is_choice_sweep():
-        return categorical(key, list(override.sweep_iterator()))
-    raise UserError(f"{key}: the optuna sweeper takes choice(…), a,b,c, range(…) or interval(…), not "
-                    f"{override.get_value_element_as_str()}")
-
-
-def categorical(key: str, values: list):
-    from optuna.distributions import CategoricalDistribution
-
-    if not all(v is None or isinstance(v, (bool, int, float, str)) for v in values):
-        raise UserError(f"{key}: the optuna sweeper's choices must be plain values (numbers, strings), not "
-                        f"{values}")
-    return CategoricalDistribution(values)
-
-
-def assignment(key: str, value: Any) -> str:
-    """`key=value` as a Hydra override; strings with special characters quoted."""
-    if isinstance(value, str) and not set(value) <= SIMPLE:
-        return f"{key}={quote(value)}"
-    if value is None:
-        return f"{key}=null"
-    return f"{key}={value!r}" if isinstance(value, float) else f"{key}={value}"
-
-
-def quote(text: str) -> str:
-    return "'" + text.replace("\\", "\\\\").replace("'", "\\'") + "'"
+INTERRUPTED = "rnnlab.interrupted"  # user attribute of a trial a signal ended: FAIL, but not finished
 
 
 # ---- the study (the sweeper's side) -----------------------------------------------------------------------
@@ -114,65 +65,128 @@ def storage_url(config: DictConfig) -> str:
     return f"sqlite:///{db.with_name('optuna.db')}"
 
 
-def open_study(sweeper, config: DictConfig, storage: str):
+def open_study(spec: Spec, config: DictConfig, storage: str):
     import optuna
     from sqlalchemy.exc import SQLAlchemyError
 
-    name = sweeper.study_name or Path(config.hydra.sweep.dir).name
+    name = spec.study_name or Path(config.hydra.sweep.dir).name
     try:
-        return optuna.create_study(study_name=name, storage=storage, sampler=sweeper.sampler, pruner=sweeper.pruner,
-                                   direction=sweeper.direction, load_if_exists=True)
+        return optuna.create_study(study_name=name, storage=storage, sampler=spec.sampler, pruner=spec.pruner,
+                                   direction=spec.direction, load_if_exists=True)
     except (SQLAlchemyError, ValueError, ImportError) as err:
         first = (str(err).strip().splitlines() or [type(err).__name__])[0][:200]
         raise UserError(f"cannot open the Optuna study {name!r} in {storage} ({first}); give "
-                        "hydra.sweeper.storage=<a database URL, e.g. sqlite:///optuna.db>") from None
+                        "hydra.sweeper.storage=<a database URL, e.g. sqlite:///optuna.db> (or another "
+                        "hydra.sweeper.study_name)") from None
 
 
-def batch_size(sweeper, config: DictConfig) -> int:
+def batch_size(spec: Spec, config: DictConfig) -> int:
     """Trials launched together: the sweeper's n_jobs, else the launcher's (joblib), else 1."""
-    n = sweeper.n_jobs or config.hydra.launcher.get("n_jobs") or 1
+    n = spec.n_jobs or config.hydra.launcher.get("n_jobs") or 1
     return max(1, int(n))
 
 
 def run(sweeper, arguments: list[str]) -> list:
-    """The study: ask a batch of trials, launch them as jobs, tell their results; then `finish`."""
-    from hydra.core.override_parser.overrides_parser import OverridesParser
-    from optuna.trial import TrialState
-
+    """The study: check everything, then ask a batch of trials, launch them as jobs, tell their results
+    until the study has n_trials finished; then `finish`."""
     config = sweeper.config
-    parser = OverridesParser.create(config_loader=sweeper.hydra_context.config_loader)
-    given = [f"{key}={value}" for key, value in (sweeper.params or {}).items()]
-    dists, fixed = space(parser.parse_overrides(given + list(arguments)))
-    if not dists:
-        raise UserError("the optuna sweeper has no search space; give hydra.sweeper.params (e.g. in an "
-                        "+experiment= preset) or a swept override such as 'optim.lr=tag(log, interval(1e-4, 1e-2))'")
-    if sweeper.n_trials < 1:
-        raise UserError(f"hydra.sweeper.n_trials={sweeper.n_trials} must be at least 1")
+    spec = studyspec.checked(sweeper.settings(), list(arguments))
+    for note in spec.notes:
+        print(note, flush=True)
     sweep_dir = Path(config.hydra.sweep.dir)
-    sweep_dir.mkdir(parents=True, exist_ok=True)
+    make_folder(sweep_dir)
     OmegaConf.save(config, sweep_dir / "multirun.yaml")
     storage = storage_url(config)
-    study = open_study(sweeper, config, storage)
-    print(f"Optuna study {study.study_name!r} in {storage}: {sweeper.n_trials} trials, "
-          f"{batch_size(sweeper, config)} at a time", flush=True)
-    returns, done = [], 0
-    while done < sweeper.n_trials:
-        trials = [study.ask(dists) for _ in range(min(batch_size(sweeper, config), sweeper.n_trials - done))]
-        batch = [fixed + [assignment(k, v) for k, v in t.params.items()] + job_env(storage, study.study_name, t)
-                 for t in trials]
-        sweeper.validate_batch_is_legal(batch)
-        results = sweeper.launcher.launch(batch, initial_job_idx=done)
-        for i, (trial, result) in enumerate(zip(trials, results)):
-            try:
-                tell(study, trial, result)
-            except BaseException:  # the job raised: no trial of the batch stays RUNNING in the study
-                for left in trials[i:]:
-                    study.tell(left, state=TrialState.FAIL)
-                raise
-        returns.append(results)
-        done += len(trials)
-    finish(study, config, storage, sweep_dir)
+    study = open_study(spec, config, storage)
+    studyspec.check_same_space(study, spec.dists, storage)
+    before = len(finished(study))
+    left = max(0, spec.n_trials - before)
+    print(f"Optuna study {study.study_name!r} in {storage}: {left} of {spec.n_trials} trials to run "
+          f"({before} finished before), {batch_size(spec, config)} at a time", flush=True)
+    asked = []
+    try:
+        returns = trials(sweeper, study, spec, storage, left, asked)
+        finish(study, config, storage, sweep_dir)
+    except (Stopped, KeyboardInterrupt) as err:
+        ignore_signals()
+        stop_workers()
+        raise stopped(err, study, spec, storage, abandon(study, asked)) from None
+    if best_trial(study) is None:
+        from collections import Counter
+
+        counts = Counter(t.state.name for t in study.get_trials(deepcopy=False))
+        states = ", ".join(f"{n} {state}" for state, n in sorted(counts.items()))
+        raise UserError(f"no trial of the Optuna study {study.study_name!r} completed ({states}; a FAIL trial "
+                        "diverged: see its job's log); narrow the search, e.g. a lower optim.lr range or "
+                        "trainer.gradient_clip_val")
     return returns
+
+
+def trials(sweeper, study, spec: Spec, storage: str, left: int, asked: list) -> list:
+    """Launch `left` trials, a batch at a time (each trial asked is added to `asked`). A batch that ends by
+    a job's error leaves no trial RUNNING; a signal is `run`'s to handle."""
+    returns, done = [], 0
+    while done < left:
+        batch = []
+        for _ in range(min(batch_size(spec, sweeper.config), left - done)):
+            batch.append(study.ask(spec.dists))
+            asked.append(batch[-1])
+        try:
+            returns.append(launch(sweeper, study, spec, storage, batch, done))
+        except (Exception, SystemExit):  # a job's error: the sweep ends as a basic sweep does, its trials FAIL
+            abandon(study, batch)
+            raise
+        done += len(batch)
+    return returns
+
+
+def launch(sweeper, study, spec: Spec, storage: str, batch: list, done: int) -> list:
+    jobs = [spec.fixed + [assignment(k, v) for k, v in t.params.items()] + job_env(storage, study.study_name, t)
+            for t in batch]
+    sweeper.validate_batch_is_legal(jobs)
+    results = sweeper.launcher.launch(jobs, initial_job_idx=done)
+    for trial, result in zip(batch, results):
+        tell(study, trial, result)
+    return results
+
+
+def abandon(study, batch: list) -> int:
+    """Mark the trials of `batch` still RUNNING as FAIL (attribute rnnlab.interrupted); returns how many."""
+    from optuna.trial import TrialState
+
+    running = {t.number for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))}
+    left = [t for t in batch if t.number in running]
+    for trial in left:
+        trial.set_user_attr(INTERRUPTED, True)
+        study.tell(trial, state=TrialState.FAIL)
+    return len(left)
+
+
+def finished(study) -> list:
+    """The study's finished trials: COMPLETE, PRUNED, or FAIL (diverged), not those a signal ended."""
+    from optuna.trial import TrialState
+
+    states = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)
+    return [t for t in study.get_trials(deepcopy=False, states=states) if not t.user_attrs.get(INTERRUPTED)]
+
+
+def stopped(err: BaseException, study, spec: Spec, storage: str, interrupted: int) -> Stopped:
+    """The one line of a stopped study: what is kept and the command that resumes it."""
+    signum = err.exit_status - 128 if isinstance(err, Stopped) else signal.SIGINT
+    stop = Stopped(signum)
+    stop.args = (f"stopped by {signal.Signals(signum).name}; the Optuna study {study.study_name!r} in {storage} "
+                 f"keeps its {len(finished(study))} finished trials ({interrupted} interrupted: FAIL, their MLflow "
+                 f"runs KILLED); resume it with: {resume_command(spec, study.study_name)}",)
+    stop.study_line = True  # rnnlab.sweep.stopped passes it on as it is
+    return stop
+
+
+def resume_command(spec: Spec, name: str) -> str:
+    """This command again, naming the study when its name was the sweep folder's (a new one each sweep)."""
+    args = [a for a in sys.argv[1:] if not a.startswith("hydra.sweep.dir=")]  # a folder is one sweep's only
+    if spec.study_name is None:
+        args.append(assignment("hydra.sweeper.study_name", name))
+    return shlex.join(["python", sys.argv[0], *args])
 
 
 def job_env(storage: str, study: str, trial) -> list[str]:
@@ -228,9 +242,6 @@ def table(study) -> str:
 def finish(study, config: DictConfig, storage: str, sweep_dir: Path) -> None:
     """The ranked table, best.yaml and the two plots under <sweep>/study/, all logged to the parent run;
     the registry alias `champion` on the best trial's model version when tracking.register_model is set."""
-    from rnnlab.files import make_folder, write_text
-    from rnnlab.sweep import PARENT_ENV, client_for
-
     out = sweep_dir / "study"
     make_folder(out)
     text = table(study)
@@ -288,62 +299,8 @@ def plots(study, out: Path) -> None:
 
 
 def champion(client, name: str, run_id: str | None) -> None:
-    """Point the registered model's alias `champion` at the version logged by the best trial's run."""
-    versions = client.search_model_versions(f"run_id = '{run_id}'") if run_id else []
-    mine = [v for v in versions if v.name == name]
-    if not mine:
-        print(f"no version of the registered model {name!r} from the best trial's run; alias not set", flush=True)
-        return
-    client.set_registered_model_alias(name, "champion", mine[0].version)
-    print(f"registered model {name!r}: alias champion → version {mine[0].version}", flush=True)
+    """Point the registered model's alias `champion` at the version logged by the best trial's run, if it is
+    at least as good as the current champion on the same data (rnnlab.registry.promote says why not)."""
+    from rnnlab.registry import promote_run
 
-
-# ---- the trial (the job's side) ---------------------------------------------------------------------------
-
-def job_trial(sweeper_config: DictConfig):
-    """The Optuna trial this job runs (found through the environment the sweeper set), or None."""
-    trial_id = os.environ.get(TRIAL_ENV)
-    if not trial_id:
-        return None
-    import optuna
-    from hydra.utils import instantiate
-
-    pruner = instantiate(sweeper_config.pruner) if sweeper_config.get("pruner") else None
-    study = optuna.load_study(study_name=os.environ[STUDY_ENV], storage=os.environ[STORAGE_ENV], pruner=pruner)
-    return optuna.trial.Trial(study, int(trial_id))
-
-
-class Pruning(Callback):
-    """Reports each validation loss to the trial at the training step; stops the training when the study's
-    pruner says so (under DDP process 0 decides and every process stops)."""
-
-    def __init__(self, trial) -> None:
-        self.trial, self.pruned_at = trial, None
-
-    def on_validation_end(self, trainer, pl_module) -> None:
-        if trainer.sanity_checking:
-            return
-        stop = False
-        loss = trainer.callback_metrics.get("val/loss")
-        if trainer.is_global_zero and loss is not None and math.isfinite(float(loss)):
-            self.trial.report(float(loss), trainer.global_step)
-            stop = self.trial.should_prune()
-        if trainer.strategy.broadcast(stop):
-            self.pruned_at = trainer.global_step
-            trainer.should_stop = True
-
-
-def tag_trial(tracking, run_id: str, trial, pruned_at: int | None) -> None:
-    """The trial's MLflow run: tagged with its study and number; a pruned one KILLED, tagged
-    optuna.state=PRUNED and the step."""
-    from mlflow.tracking import MlflowClient
-
-    from rnnlab.tracking import tracking_uri
-
-    client = MlflowClient(tracking_uri(tracking))
-    client.set_tag(run_id, "optuna.study", trial.study.study_name)
-    client.set_tag(run_id, "optuna.trial", str(trial.number))
-    if pruned_at is not None:
-        client.set_tag(run_id, "optuna.state", "PRUNED")
-        client.set_tag(run_id, "optuna.pruned_at_step", str(pruned_at))
-        client.set_terminated(run_id, "KILLED")
+    promote_run(client, name, run_id)

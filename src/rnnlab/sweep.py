@@ -11,7 +11,10 @@
   * `once`: jobs with the same corpus (and vocabulary) settings share the prepared data, keyed by a
     hash of those settings and built once under a file lock;
   * `run_job`: the chain of stage functions (rnnlab.stages), as `dvc repro` runs them (with an Optuna
-    trial's pruning when the optuna sweeper runs the job: rnnlab.search).
+    trial's pruning when the optuna sweeper runs the job: rnnlab.trial);
+  * the way out: `stop_workers` (a signal to the sweep kills the processes it started: joblib's loky
+    workers would otherwise train on) and `end_parent` (the parent run and its children still RUNNING
+    marked FAILED or KILLED), called by pipeline/sweep.py when the sweep ends by an exception.
 """
 
 from __future__ import annotations
@@ -28,7 +31,7 @@ from filelock import FileLock
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 
-from rnnlab.errors import UserError, entry_point
+from rnnlab.errors import Stopped, UserError, entry_point
 from rnnlab.files import make_folder
 from rnnlab.params import Params, build, digest, from_dict
 from rnnlab.schema import TrackingSpec
@@ -68,12 +71,13 @@ class ParentRun(Callback):
                                 tags={"rnnlab.sweep_dir": str(sweep_dir.resolve())})
         os.environ[PARENT_ENV] = run.info.run_id
         os.environ[SWEPT_ENV] = ",".join(swept_keys(config))
+        keep_ctrl_c_from_workers(config)
         print(f"MLflow parent run {run.info.run_id} ({tracking_uri(spec)})", flush=True)
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
         from rnnlab import report
 
-        run_id = os.environ.pop(PARENT_ENV, None)
+        run_id = os.environ.get(PARENT_ENV)  # until it is FINISHED: a signal meanwhile marks it KILLED
         if not run_id:
             return
         client, _ = client_for(config)
@@ -82,19 +86,113 @@ class ParentRun(Callback):
                              title=f"Sweep {Path(config.hydra.sweep.dir).name}")
         client.log_artifacts(run_id, str(out), "report")
         client.set_terminated(run_id)
+        os.environ.pop(PARENT_ENV, None)
         print(f"{table}\nreport: {out / 'report.md'} (plots beside it)", flush=True)
 
 
 def end_parent(uri: str, status: str) -> None:
     """Mark the sweep's parent run FAILED or KILLED when the sweep ends by an exception (a job's error,
-    Ctrl-C); `ParentRun.on_multirun_end`, which finishes it otherwise, is then never called."""
+    a signal); `ParentRun.on_multirun_end`, which finishes it otherwise, is then never called. Its
+    children still RUNNING (a job killed in a worker, or stopped before its training could say so) are
+    marked KILLED."""
     from mlflow.exceptions import MlflowException
     from mlflow.tracking import MlflowClient
 
     run_id = os.environ.pop(PARENT_ENV, None)
     if run_id:
+        client = MlflowClient(uri)
         with contextlib.suppress(MlflowException, OSError):
-            MlflowClient(uri).set_terminated(run_id, status)
+            for child in client.search_runs(
+                    [client.get_run(run_id).info.experiment_id],
+                    f"tags.mlflow.parentRunId = '{run_id}' and attributes.status = 'RUNNING'"):
+                client.set_terminated(child.info.run_id, "KILLED")
+        with contextlib.suppress(MlflowException, OSError):
+            client.set_terminated(run_id, status)
+
+
+def ignore_signals() -> None:
+    """On the way out after a signal: a second Ctrl-C must not cut the clean-up short."""
+    import signal
+
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(signum, signal.SIG_IGN)
+
+
+def stop_workers() -> None:
+    """Kill every process this sweep started (joblib's loky workers, submitit_local's jobs) and wait for
+    them: they would otherwise train on after the sweep stopped. Their MLflow runs are then `end_parent`'s.
+    Not the resource trackers (multiprocessing's, joblib's): they compute nothing, clean the workers'
+    leftovers up and exit with this process; killed, they would be started again at exit, and complain."""
+    import psutil
+
+    children = [p for p in psutil.Process().children(recursive=True) if "resource_tracker" not in cmdline(p)]
+    for child in children:
+        with contextlib.suppress(psutil.Error):
+            child.kill()
+    psutil.wait_procs(children, timeout=10)
+
+
+def cmdline(process) -> str:
+    import psutil
+
+    try:
+        return " ".join(process.cmdline())
+    except psutil.Error:
+        return ""
+
+
+def stopped(err: BaseException) -> Stopped:
+    """The one line of a stopped sweep (a study's own line, rnnlab.search, already says how to resume)."""
+    import signal
+
+    if getattr(err, "study_line", False):
+        return err
+    signum = err.exit_status - 128 if isinstance(err, Stopped) else signal.SIGINT
+    stop = Stopped(signum)
+    stop.args = (f"stopped by {signal.Signals(signum).name}; the sweep's unfinished runs are marked KILLED, its "
+                 "finished jobs stay in its folder (the same command starts a new sweep)",)
+    return stop
+
+
+def keep_ctrl_c_from_workers(config: DictConfig) -> None:
+    """Processes the launcher starts (joblib's loky workers, submitit_local's jobs) begin with SIGINT
+    blocked. Ctrl-C reaches the terminal's whole process group, and a worker still starting up would print
+    a KeyboardInterrupt traceback; the sweep's process stops its workers itself (`stop_workers`). A child
+    inherits the mask of the thread that started it, so the main thread blocks SIGINT; a listener thread,
+    started first, keeps it deliverable to this process (Python runs the handler in the main thread
+    whichever thread the kernel picked; joblib's and submitit's waits poll every few milliseconds). Not
+    with the basic launcher: its jobs train in this process, where the signal is best taken at once."""
+    import signal
+
+    if str(config.hydra.launcher.get("_target_", "")).endswith(".BasicLauncher"):
+        return
+    if "joblib" in str(config.hydra.launcher.get("_target_", "")):
+        from multiprocessing import resource_tracker
+
+        from joblib.externals.loky.backend.resource_tracker import ensure_running
+
+        resource_tracker.ensure_running()  # first: starting either one unblocks SIGINT in the calling thread
+        ensure_running()
+    threading.Thread(target=threading.Event().wait, name="sigint-listener", daemon=True).start()
+    signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
+
+
+def checked_job(params: Params, trial=None) -> dict:
+    """`run_job` with a user's mistake (or a size the machine cannot hold) as one line and exit 2; a signal
+    goes on up to the sweep, which stops every job and prints the one line."""
+    caught = []
+
+    def job() -> dict:
+        try:
+            return run_job(params, trial)
+        except Stopped as stop:
+            caught.append(stop)
+            return {}
+
+    result = entry_point(job)()
+    if caught:
+        raise caught[0]
+    return result
 
 
 def claim(sweep_dir: Path) -> None:
@@ -182,9 +280,9 @@ def run_job(params: Params, trial=None) -> dict:
     once(params.paths.vocab, lambda: vocab.run(params))
     pruning = []
     if trial is not None:
-        from rnnlab import search
+        from rnnlab import trial as optuna_trial  # Lightning: only where a job trains
 
-        pruning = [search.Pruning(trial)]
+        pruning = [optuna_trial.Pruning(trial)]
     try:
         metrics = train.run(params, pruning)
     except NonFiniteError as err:
@@ -193,7 +291,7 @@ def run_job(params: Params, trial=None) -> dict:
     run_id = trained_run_id(params)
     pruned_at = pruning[0].pruned_at if pruning else None
     if trial is not None and run_id:
-        search.tag_trial(params.tracking, run_id, trial, pruned_at)
+        optuna_trial.tag_trial(params.tracking, run_id, trial, pruned_at)
     if pruned_at is not None:
         print(f"trial {trial.number} pruned at step {pruned_at}")
         return {"value": metrics.get("val_loss", math.nan), "state": "pruned", "run_id": run_id}

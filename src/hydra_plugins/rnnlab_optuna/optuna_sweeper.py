@@ -2,7 +2,8 @@
 
 Hydra loads plugins only from the `hydra_plugins` namespace, hence this shell; the work is in
 rnnlab.search. Written over current Optuna because hydra-optuna-sweeper 1.3.0 pins optuna<3, whose
-RDB storage fails on SQLAlchemy 2 (no shared or resumable study).
+RDB storage fails on SQLAlchemy 2 (no shared or resumable study). The config has `_recursive_: false`:
+the sampler and pruner arrive as their configs and rnnlab.studyspec builds them, so a bad one is one line.
 """
 
 from __future__ import annotations
@@ -20,6 +21,15 @@ class OptunaSweeper(Sweeper):
         self.params = params or {}
         self.config = self.launcher = self.hydra_context = None
 
+    def settings(self) -> dict:
+        """hydra.sweeper.* as given (rnnlab.studyspec checks them)."""
+        from omegaconf import DictConfig, OmegaConf
+
+        params = OmegaConf.to_container(self.params) if isinstance(self.params, DictConfig) else self.params
+        return {"sampler": self.sampler, "pruner": self.pruner, "direction": self.direction,
+                "study_name": self.study_name, "storage": self.storage, "n_trials": self.n_trials,
+                "n_jobs": self.n_jobs, "params": params}
+
     def setup(self, *, hydra_context, task_function, config) -> None:
         from hydra.core.plugins import Plugins
 
@@ -28,7 +38,13 @@ class OptunaSweeper(Sweeper):
                                                                 task_function=task_function, config=config)
 
     def sweep(self, arguments: list[str]) -> Any:
-        from rnnlab import search  # imported late: Hydra imports every plugin module at start-up
-        from rnnlab.errors import entry_point
+        import sys
 
-        return entry_point(search.run)(self, arguments)  # a user's mistake: one line, exit 2
+        from rnnlab import search  # imported late: Hydra imports every plugin module at start-up
+        from rnnlab.errors import EXIT_USER_ERROR, UserError
+
+        try:
+            return search.run(self, arguments)
+        except UserError as err:  # one line, exit 2; a signal (rnnlab.errors.Stopped) goes on to the entry point
+            print(f"error: {err}", file=sys.stderr)
+            sys.exit(EXIT_USER_ERROR)
