@@ -15,6 +15,13 @@ from pathlib import Path
 
 import pytest
 
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    # pytest-xdist runs the suite in two workers (pyproject.toml): on 2 cores each gets one torch/OpenMP thread,
+    # and so do the processes it starts (dvc, stages, servers). Two torch processes that each spin 2 OpenMP
+    # threads slow each other 10-20x; one thread each costs little at these tiny sizes.
+    os.environ["OMP_NUM_THREADS"] = "1"
+    os.environ["MKL_NUM_THREADS"] = "1"
+
 REPO = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
 SHARED_CORPORA = REPO.parent / "shared" / "corpora"

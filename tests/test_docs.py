@@ -9,7 +9,7 @@ from urllib.parse import unquote
 REPO = Path(__file__).resolve().parents[1]
 README = REPO / "README.md"
 DOCS = REPO / "docs"
-MAX_README_LINES = 300
+MAX_README_LINES = 200
 
 FENCE = re.compile(r"^ {0,3}(```|~~~)")
 INLINE_CODE = re.compile(r"(`+)(?:(?!\1).)+?\1")
@@ -133,3 +133,68 @@ def test_the_link_checker_reports_planted_broken_links(tmp_path):
     assert len(broken) == 4, broken
     for target in ("(missing.md)", "(missing.png)", "(other.md#no-such-heading)", "(#nope)"):
         assert sum(target in problem for problem in broken) == 1, (target, broken)
+
+
+# --- the source: docs/pipeline.md lists every module; modules stay small and import without circles ----------
+
+SRC = REPO / "src" / "rnnlab"
+MAX_MODULE_LINES = 400
+
+
+def modules() -> list[Path]:
+    return sorted(p for p in SRC.rglob("*.py") if p.name != "__init__.py")
+
+
+def test_the_layout_in_docs_pipeline_lists_every_module():
+    layout = (DOCS / "pipeline.md").read_text(encoding="utf-8").split("## Layout", 1)[1]
+    listed = set(re.findall(r"\b([a-z_]+)\.py\b", layout))
+    missing = [p.relative_to(SRC).as_posix() for p in modules() if p.stem not in listed and p.parent == SRC]
+    assert not missing, f"docs/pipeline.md's layout lacks: {missing}"
+
+
+def test_no_module_is_over_the_line_limit():
+    long = {p.relative_to(SRC).as_posix(): n for p in modules()
+            if (n := p.read_text(encoding="utf-8").count("\n")) > MAX_MODULE_LINES}
+    assert not long, f"modules over {MAX_MODULE_LINES} lines: {long}"
+
+
+def imports_of(path: Path) -> set[str]:
+    """The rnnlab modules `path` imports, at the top or inside functions."""
+    import ast
+
+    found = set()
+    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+        if isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("rnnlab"):
+            names = [f"{node.module}.{a.name}" for a in node.names]
+            found |= {n for n in names if (SRC.parent / (n.replace(".", "/") + ".py")).exists()} or {node.module}
+        elif isinstance(node, ast.Import):
+            found |= {a.name for a in node.names if a.name.startswith("rnnlab")}
+    return found
+
+
+def cycles(graph: dict[str, set[str]]) -> list[list[str]]:
+    """Every import circle of `graph` (module -> modules it imports), each once, as a path."""
+    found, state = [], {}
+
+    def visit(node: str, path: list[str]) -> None:
+        state[node] = "open"
+        for nxt in sorted(graph.get(node, ())):
+            if state.get(nxt) == "open":
+                found.append(path[path.index(nxt):] + [nxt])
+            elif nxt not in state:
+                visit(nxt, path + [nxt])
+        state[node] = "done"
+
+    for node in sorted(graph):
+        if node not in state:
+            visit(node, [node])
+    return found
+
+
+def test_the_modules_import_without_circles():
+    graph = {}
+    for path in modules():
+        name = "rnnlab." + path.relative_to(SRC).with_suffix("").as_posix().replace("/", ".")
+        graph[name] = {m for m in imports_of(path) if m != name and m != "rnnlab"}
+    assert cycles({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}) == [["a", "b", "c", "a"]]  # the checker finds one
+    assert not cycles(graph), cycles(graph)

@@ -267,7 +267,8 @@ def test_dvc_status_names_exactly_the_stages_of_the_table_for_every_key(workspac
           f"(the defaults and every option of {len(groups())} groups)")
     assert wrong(found) == {}
     assert found["sample.temperature"][0] == {"params", "sample"}  # the examples
-    assert found["tracking.experiment"][0] == found["tracking.register_model"][0] == {"params"}
+    assert found["tracking.experiment"][0] == {"params"}
+    assert found["tracking.register_model"][0] == {"params", "register"}  # registers, never trains
     assert found["threads"][0] == {"params", "train"} and found["evaluate.cache_size"][0] == {"params", "evaluate"}
 
 
@@ -323,3 +324,14 @@ def test_a_sampling_change_or_a_conf_comment_never_retrains(project):
     assert "Stage 'train' didn't change, skipping" in out and "Running stage 'train'" not in out, out
     assert "Running stage 'sample'" in out and "Running stage 'evaluate'" in out, out
     assert train_outputs(project) == trained
+
+    # Registering the model already trained is the register stage alone: seconds, no training in the log.
+    out = run(["dvc", "exp", "run", *[a for o in [*TINY, "tracking.register_model=tiny-gru"] for a in ("-S", o)]],
+              project).stdout
+    assert "Running stage 'register'" in out and "Running stage 'train'" not in out, out
+    assert train_outputs(project) == trained
+    from mlflow.tracking import MlflowClient
+
+    (version,) = MlflowClient(f"sqlite:///{project / 'mlflow.db'}").search_model_versions("name = 'tiny-gru'")
+    run_id = json.loads((project / "data" / "train" / "model" / "meta.json").read_text())["mlflow_run_id"]
+    assert version.run_id == run_id  # the model that was trained, not a new one

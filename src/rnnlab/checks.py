@@ -1,6 +1,11 @@
-"""Checks of config values, for rnnlab.schema: a value's type against a type hint, a choice, a bound.
+"""Checks of config values, for rnnlab.schema: a value's type against a type hint, a choice, a bound, and
+the corpus section's inputs (one input or one per split, never both).
 
 Each failure is one `UserError` line naming the key, the value given and what is expected.
+
+Why not pydantic (installed with MLflow): of this module only the type test (`matches`, ~20 lines) is what a
+strict `TypeAdapter` does; the rest are ranges, choices and cross-field rules with messages of our own that
+the generated fault tests pin, so pydantic would add a translation layer from its error list, not remove code.
 """
 
 from __future__ import annotations
@@ -12,6 +17,7 @@ import types
 import typing
 from typing import Any, Union
 
+from rnnlab.choices import SPLIT_NAMES
 from rnnlab.errors import UserError
 
 NUMBER = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?")
@@ -76,7 +82,9 @@ def check_number(key: str, value: Any) -> None:
 
 def yaml_numbers(cls: type, values: dict) -> dict:
     """`values` with YAML 1.1's unread number forms (`1e-9`, which PyYAML keeps as text but Hydra reads as a
-    number) turned into numbers where `cls` declares a float."""
+    number) turned into numbers where `cls` declares a float. Kept rather than `OmegaConf.load` for params.yaml:
+    the sample stage's command-line values are single YAML scalars too, and only OmegaConf's private loader
+    (`omegaconf._utils.get_yaml_loader`) reads those as Hydra does; one public rule here serves both."""
     hints = typing.get_type_hints(cls)
     return {k: float(v) if isinstance(v, str) and k in hints and matches(1.5, hints[k]) and not matches(v, hints[k])
             and NUMBER.fullmatch(v.strip()) else v for k, v in values.items()}
@@ -140,3 +148,63 @@ def check_devices(value: int | str | list) -> None:
     if isinstance(value, list) and not all(isinstance(i, int) and not isinstance(i, bool) and i >= 0 for i in value):
         raise UserError(f"trainer.devices={value!r}: device indices are whole numbers from 0 (e.g. [0, 1]); or give "
                         "a number of devices, -1 (all) or auto")
+
+
+# --- corpus inputs (rnnlab.schema.CorpusSpec) ------------------------------------------------------------
+
+
+def check_corpus_inputs(spec) -> None:
+    """One input (corpus.path, or corpus.url with an optional archive member) or one per split, never both."""
+    for key in ("splits", "members"):
+        value = getattr(spec, key)
+        unknown = sorted(set(value) - set(SPLIT_NAMES)) if isinstance(value, dict) else []
+        if unknown:
+            raise UserError(f"corpus.{key}.{unknown[0]} is not a split; use train, val and test")
+    if isinstance(spec.members, dict) and not all(v is None or isinstance(v, str) for v in spec.members.values()):
+        raise UserError(f"corpus.members={spec.members!r}: expected a member name, "
+                        "or train / val / test -> member name")
+    splits = {k: v for k, v in (spec.splits or {}).items() if v is not None}
+    if splits and spec.source not in ("file", "url"):
+        raise UserError(f"corpus.splits is for corpus=file or corpus=url, not source {spec.source}; remove it")
+    if splits and (spec.path is not None or spec.url is not None):
+        key = "path" if spec.path is not None else "url"
+        raise UserError(f"corpus.{key} and corpus.splits are both set; give one: corpus.{key} (one text, split by "
+                        "val_frac / test_frac) or corpus.splits (one input per split)")
+    if spec.members is not None and (spec.source != "url" or spec.url is None):
+        raise UserError("corpus.members names files inside the archive at corpus.url (corpus=url); "
+                        "set corpus.url or remove corpus.members")
+    given = spec.split_inputs
+    if given and not {"train", "val"} <= set(given):
+        key = "splits" if splits else "members"
+        missing = "train" if "train" not in given else "val"
+        raise UserError(f"corpus.{key}.{missing} is not set; a pre-split corpus needs train and val (test may be null)")
+    if spec.source == "file" and not given and not spec.path:
+        raise UserError("corpus=file needs a path: set corpus.path=<file, list of files or glob>, or "
+                        "corpus.splits.train=<file> corpus.splits.val=<file> [corpus.splits.test=<file>]")
+    for name, value in splits.items():
+        check_split_input(spec.source, name, value)
+    check_sha256("corpus.sha256", spec.sha256)
+
+
+def check_split_input(source: str, name: str, value: Any) -> None:
+    key = f"corpus.splits.{name}"
+    if source == "file" and not matches(value, str | list[str]):
+        raise UserError(f"{key}={value!r}: expected a path, a list of paths or a glob")
+    if source == "url":
+        if not isinstance(value, dict) or set(value) != {"url", "sha256"} or not isinstance(value["url"], str):
+            raise UserError(f"{key}={value!r}: expected {{url: <address>, sha256: <64 hex digits>}}")
+        check_sha256(f"{key}.sha256", value["sha256"])
+
+
+def check_char_cuts(spec) -> None:
+    """corpus.val_chars / test_chars: exact cuts of one running text (enwik8, text8), instead of the fractions."""
+    if spec.val_chars is None and spec.test_chars is None:
+        return
+    at_least("corpus.val_chars", spec.val_chars, 0)
+    at_least("corpus.test_chars", spec.test_chars, 0)
+    if spec.format != "text":
+        raise UserError("corpus.val_chars / corpus.test_chars cut running text (corpus.format=text); "
+                        "for format lines use corpus.val_frac / corpus.test_frac")
+    if spec.split_inputs:
+        raise UserError("corpus.val_chars / corpus.test_chars cut a single text, but this corpus comes pre-split "
+                        "(corpus.splits / corpus.members); set them to null")

@@ -12,13 +12,12 @@ from __future__ import annotations
 import dataclasses
 import posixpath
 from dataclasses import dataclass
-from typing import Any
 
-from rnnlab.checks import (at_least, between, check_devices, check_max_time, check_sha256, check_types,
-                           check_validation, matches, one_of)
+from rnnlab.checks import (at_least, between, check_char_cuts, check_corpus_inputs, check_devices, check_max_time,
+                           check_types, check_validation, one_of)
 from rnnlab.choices import (ACCELERATORS, CELLS, CLIP_ALGORITHMS, ENCODINGS, FILLERS, FORMATS, HEADS, IMPLS, INITS,
-                            LEVELS, NORMALIZATIONS, OPTIMIZERS, PRECISIONS, SCHEDULES, SOURCES, SPLIT_NAMES,
-                            STRATEGIES, TOKENIZERS, UNK_POLICIES)
+                            LEVELS, NORMALIZATIONS, OPTIMIZERS, PRECISIONS, SCHEDULES, SOURCES, STRATEGIES,
+                            TOKENIZERS, UNK_POLICIES)
 from rnnlab.errors import UserError
 
 # --- the sections ----------------------------------------------------------------------------------------
@@ -82,63 +81,6 @@ class CorpusSpec:
             if isinstance(given, dict) and any(v is not None for v in given.values()):
                 return {name: value for name, value in given.items() if value is not None}
         return {}
-
-
-def check_corpus_inputs(spec: CorpusSpec) -> None:
-    """One input (corpus.path, or corpus.url with an optional archive member) or one per split, never both."""
-    for key in ("splits", "members"):
-        value = getattr(spec, key)
-        unknown = sorted(set(value) - set(SPLIT_NAMES)) if isinstance(value, dict) else []
-        if unknown:
-            raise UserError(f"corpus.{key}.{unknown[0]} is not a split; use train, val and test")
-    if isinstance(spec.members, dict) and not all(v is None or isinstance(v, str) for v in spec.members.values()):
-        raise UserError(f"corpus.members={spec.members!r}: expected a member name, "
-                        "or train / val / test -> member name")
-    splits = {k: v for k, v in (spec.splits or {}).items() if v is not None}
-    if splits and spec.source not in ("file", "url"):
-        raise UserError(f"corpus.splits is for corpus=file or corpus=url, not source {spec.source}; remove it")
-    if splits and (spec.path is not None or spec.url is not None):
-        key = "path" if spec.path is not None else "url"
-        raise UserError(f"corpus.{key} and corpus.splits are both set; give one: corpus.{key} (one text, split by "
-                        "val_frac / test_frac) or corpus.splits (one input per split)")
-    if spec.members is not None and (spec.source != "url" or spec.url is None):
-        raise UserError("corpus.members names files inside the archive at corpus.url (corpus=url); "
-                        "set corpus.url or remove corpus.members")
-    given = spec.split_inputs
-    if given and not {"train", "val"} <= set(given):
-        key = "splits" if splits else "members"
-        missing = "train" if "train" not in given else "val"
-        raise UserError(f"corpus.{key}.{missing} is not set; a pre-split corpus needs train and val (test may be null)")
-    if spec.source == "file" and not given and not spec.path:
-        raise UserError("corpus=file needs a path: set corpus.path=<file, list of files or glob>, or "
-                        "corpus.splits.train=<file> corpus.splits.val=<file> [corpus.splits.test=<file>]")
-    for name, value in splits.items():
-        check_split_input(spec.source, name, value)
-    check_sha256("corpus.sha256", spec.sha256)
-
-
-def check_split_input(source: str, name: str, value: Any) -> None:
-    key = f"corpus.splits.{name}"
-    if source == "file" and not matches(value, str | list[str]):
-        raise UserError(f"{key}={value!r}: expected a path, a list of paths or a glob")
-    if source == "url":
-        if not isinstance(value, dict) or set(value) != {"url", "sha256"} or not isinstance(value["url"], str):
-            raise UserError(f"{key}={value!r}: expected {{url: <address>, sha256: <64 hex digits>}}")
-        check_sha256(f"{key}.sha256", value["sha256"])
-
-
-def check_char_cuts(spec: CorpusSpec) -> None:
-    """corpus.val_chars / test_chars: exact cuts of one running text (enwik8, text8), instead of the fractions."""
-    if spec.val_chars is None and spec.test_chars is None:
-        return
-    at_least("corpus.val_chars", spec.val_chars, 0)
-    at_least("corpus.test_chars", spec.test_chars, 0)
-    if spec.format != "text":
-        raise UserError("corpus.val_chars / corpus.test_chars cut running text (corpus.format=text); "
-                        "for format lines use corpus.val_frac / corpus.test_frac")
-    if spec.split_inputs:
-        raise UserError("corpus.val_chars / corpus.test_chars cut a single text, but this corpus comes pre-split "
-                        "(corpus.splits / corpus.members); set them to null")
 
 
 @dataclass(frozen=True)

@@ -9,7 +9,8 @@ that is it or holds it. What no entry holds is in LABELS, with the reason it rer
   * names and labels (a group option's `name`, the MLflow experiment, run name and registry name) are
     logged, never dependencies: MLflow gets the whole configuration of a training (rnnlab.training);
   * `tracking.*` says where and under which names runs are logged. The model's meta.json records the
-    MLflow run id, which tells where the run went; that is not a reason to train again;
+    MLflow run id, which tells where the run went; that is not a reason to train again. The one key that
+    does work is `tracking.register_model`: the `register` stage registers the trained model (seconds);
   * `threads` is a dependency of `train`: torch's CPU kernels sum in another order with another thread
     count (measured: one Adam step of the default GRU, LSTM and RNN differs in the last bits, up to 6e-4
     for the RNN, between 1 and 2 threads), so the model can differ;
@@ -34,7 +35,7 @@ import dataclasses
 
 from rnnlab.schema import CorpusSpec, EvaluateSpec, ModelSpec, OptimSpec, SampleSpec, VocabSpec
 
-STAGES = ("params", "prepare", "vocab", "train", "sample", "evaluate")
+STAGES = ("params", "prepare", "vocab", "train", "sample", "evaluate", "register")
 
 
 def every(section: str, spec: type, stages: tuple[str, ...]) -> dict[str, tuple[str, ...]]:
@@ -64,6 +65,7 @@ RERUNS: dict[str, tuple[str, ...]] = {
     "paths.train": ("train", "sample", "evaluate"),
     "paths.samples": ("sample", "evaluate"),
     "paths.eval": ("evaluate",),
+    "tracking.register_model": ("register",),  # registers the trained model (rnnlab.stages.register), no training
 }
 
 LABELS: dict[str, str] = {  # keys that rerun no stage (but `params`, which checks params.yaml as a whole)
@@ -73,7 +75,10 @@ LABELS: dict[str, str] = {  # keys that rerun no stage (but `params`, which chec
     "optim.name": "the optim option's name: a label",
     "sample.name": "the sample option's name: a label",
     "evaluate.name": "the evaluate option's name: a label",
-    "tracking": "where and under which names MLflow logs (experiment, run name, registry name, server)",
+    "tracking.name": "the tracking option's name: a label",
+    "tracking.uri": "where MLflow logs (a file or a server): the run id in meta.json records it, no reason to retrain",
+    "tracking.experiment": "the MLflow experiment's name: a label",
+    "tracking.run_name": "the MLflow run's name: a label",
     "paths.state": "the params stage's folder: it moves that stage's outputs, it changes no stage's content",
 }
 
