@@ -20,6 +20,7 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import logging
+import os
 import signal
 import warnings
 
@@ -32,11 +33,16 @@ SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGUSR1)
 
 
 def _on_signal(signum: int, frame) -> None:
-    _SIGNALS["received"] = signum
     if not _SIGNALS["deferred"]:
+        _SIGNALS["received"] = signum
         raise Stopped(signum)
-    if signum != signal.SIGTERM:  # SIGTERM: Lightning stops at the batch end (its handler calls this one)
-        raise KeyboardInterrupt  # Lightning tears the fit down and exits; `stopped()` names the signal
+    first = _SIGNALS["received"] is None
+    _SIGNALS["received"] = _SIGNALS["received"] or signum  # the first signal names the stop (130 for Ctrl-C)
+    if signum != signal.SIGTERM and first:
+        # Not a KeyboardInterrupt raised wherever the signal lands (once inside a weakref callback, where
+        # Python prints it as "Exception ignored" with a traceback): SIGTERM to ourselves, which Lightning's
+        # handler turns into a stop at the batch end, and `stopped()` names the first signal.
+        os.kill(os.getpid(), signal.SIGTERM)
 
 
 def catch_signals() -> None:
