@@ -7,10 +7,14 @@ Two tiers: end-to-end tests (real `dvc`, sweeps, servers, the browser) are marke
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
+import sqlite3
 import subprocess
 import sys
+import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -134,6 +138,58 @@ def copy_project(tmp_path: Path) -> Path:
     run(["git", "init", "-q"], dst)
     run(["git", "-c", "user.name=t", "-c", "user.email=t@t", "add", "-A"], dst)
     run(["git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "init"], dst)
+    return dst
+
+
+@dataclass(frozen=True)
+class Trained:
+    """A project after `python -m rnnlab.config *TINY` and `dvc repro`, committed: `out` is what that `dvc repro`
+    printed, `seconds` how long it took."""
+    path: Path
+    out: str
+    seconds: float
+
+
+@pytest.fixture(scope="session")
+def trained_template(tmp_path_factory) -> Trained:
+    """The one TINY `dvc repro` of a test run (~40 s), made by whichever pytest-xdist worker asks first while
+    the other waits on the lock (pytest-xdist's recipe for once-per-run set-up); tests take a copy
+    (`trained_project`), never the template itself."""
+    from filelock import FileLock
+
+    base = tmp_path_factory.getbasetemp()
+    root = base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base  # parent: this run's, shared by workers
+    record = root / "trained-template.json"
+    with FileLock(str(record) + ".lock"):
+        if not record.exists():
+            project = copy_project(root / "trained-template")
+            run(["python", "-m", "rnnlab.config", *TINY], project)
+            began = time.perf_counter()
+            out = run(["dvc", "repro"], project).stdout
+            seconds = time.perf_counter() - began
+            run(["git", "-c", "user.name=t", "-c", "user.email=t@t", "add", "-A"], project)
+            run(["git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "trained"], project)
+            record.write_text(json.dumps({"path": str(project), "out": out, "seconds": seconds}))
+    saved = json.loads(record.read_text())
+    return Trained(Path(saved["path"]), saved["out"], saved["seconds"])
+
+
+# MLflow's SQLite store keeps absolute artifact locations: a copy's runs must point at the copy's artifacts.
+MLFLOW_PATHS = (("experiments", "artifact_location"), ("runs", "artifact_uri"), ("logged_models", "artifact_location"),
+                ("model_versions", "source"), ("model_versions", "storage_location"))
+
+
+@pytest.fixture
+def trained_project(trained_template: Trained, tmp_path: Path) -> Path:
+    """tmp_path/project: a copy of the trained template (git, DVC cache and run cache, data/, mlflow.db), as if
+    this test had run `python -m rnnlab.config *TINY`, `dvc repro` and committed."""
+    src, dst = trained_template.path, tmp_path / "project"
+    shutil.copytree(src, dst, symlinks=True,
+                    ignore=lambda folder, names: ["tmp"] if Path(folder) == src / ".dvc" else [])
+    with sqlite3.connect(dst / "mlflow.db") as db:
+        for table, column in MLFLOW_PATHS:
+            db.execute(f"update {table} set {column} = replace({column}, ?, ?)", (str(src), str(dst)))
+    db.close()
     return dst
 
 

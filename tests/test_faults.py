@@ -318,9 +318,8 @@ def test_two_sweeps_started_together_never_share_a_folder(project):
         assert all((folder / j / "eval" / "metrics.json").exists() for j in ("0", "1"))
 
 
-def test_a_hand_edited_params_yaml_keeps_the_outputs_of_dvc_repro(project):
-    run(["python", "-m", "rnnlab.config", *TINY], project)
-    run(["dvc", "repro"], project)
+def test_a_hand_edited_params_yaml_keeps_the_outputs_of_dvc_repro(trained_project):
+    project = trained_project
     model = project / "data" / "train" / "model" / "model.pt"
     before = model.read_bytes()
     params = project / "params.yaml"

@@ -16,9 +16,8 @@ pytestmark = pytest.mark.slow  # end to end: real dvc, sweeps, servers
 GIT = ["git", "-c", "user.name=t", "-c", "user.email=t@t"]
 
 
-def test_dvc_repro_runs_the_five_stages(project):
-    run(["python", "-m", "rnnlab.config", *TINY], project)
-    out = run(["dvc", "repro"], project).stdout
+def test_dvc_repro_runs_the_five_stages(trained_template, trained_project):
+    project, out = trained_project, trained_template.out  # the TINY `dvc repro` that conftest ran once
     for stage in ("prepare", "vocab", "train", "sample", "evaluate"):
         assert f"Running stage '{stage}'" in out
     assert "prepared file corpus (text)" in out and "char vocabulary" in out and "test: loss" in out
@@ -53,44 +52,6 @@ def test_dvc_repro_runs_the_five_stages(project):
     assert stale.returncode != 0 and "params.yaml is stale: conf/corpus/file.yaml" in stale.stderr + stale.stdout
 
 
-def test_a_run_shorter_than_the_validation_interval_completes_all_stages(project):
-    """A user's first quick try: fewer steps than trainer.val_check_interval still ends with a validation,
-    so the model, metrics, plots and samples all exist."""
-    run(["python", "-m", "rnnlab.config", *TINY], project)
-    run([*GIT, "commit", "-qam", "tiny"], project)
-    overrides = [a for o in [*TINY, "trainer.max_steps=7"] for a in ("-S", o)]  # val_check_interval=10
-    out = run(["dvc", "exp", "run", *overrides], project).stdout
-    assert "Running stage 'evaluate'" in out
-    train = project / "data" / "train"
-    metrics = json.loads((train / "metrics.json").read_text())
-    assert metrics["step"] == 7 and metrics["best_step"] == 7 and metrics["val_loss"] > 0
-    assert (train / "plots" / "loss.png").exists() and (train / "plots" / "gradient_through_time.png").exists()
-    assert json.loads((project / "data" / "eval" / "metrics.json").read_text())["test"]["loss"] > 0
-
-
-def test_returning_to_a_trained_variant_restores_it_from_the_run_cache(project):
-    """default -> model=rnn -> default: the default's training comes back from DVC's run cache, untrained."""
-    import time
-
-    default = [*TINY, "trainer.max_steps=150", "trainer.val_check_interval=50"]
-    run(["python", "-m", "rnnlab.config", *default], project)
-    start = time.perf_counter()
-    run(["dvc", "repro"], project)
-    trained = time.perf_counter() - start
-    outputs = {p: p.read_bytes() for p in (project / "data" / "train").rglob("*") if p.is_file()
-               and "checkpoints" not in p.parts}
-    run(["python", "-m", "rnnlab.config", *default, "model=rnn"], project)
-    run(["dvc", "repro"], project)
-    run(["python", "-m", "rnnlab.config", *default], project)
-    start = time.perf_counter()
-    out = run(["dvc", "repro"], project).stdout
-    back = time.perf_counter() - start
-    assert "Stage 'train' is cached - skipping run, checking out outputs" in out, out
-    assert "> python pipeline/train.py" not in out
-    assert {p: p.read_bytes() for p in outputs} == outputs  # model, metrics, plots: the default's, restored
-    assert back < trained / 3, (back, trained)
-
-
 def test_the_committed_dvc_lock_matches_the_code(project):
     """On a clean checkout `dvc status` may miss outputs, never find code, config or params changed."""
     import shutil
@@ -110,14 +71,24 @@ COMPARE = ("dvc exp show --no-pager --csv --only-changed --sort-by val_loss --so
            "(model|trainer|optim|vocab|corpus)\\.(?!name$).+)$).*' \\\n  | column -t -s, -o ' '")
 
 
-def test_the_readme_comparison_of_three_experiments_fits_120_columns(project):
+def test_three_experiments_compare_in_120_columns_and_returning_to_one_restores_it_from_the_run_cache(project):
+    """The README's comparison of three `dvc exp run` variants; then back to the first with `dvc repro`: its
+    training comes back from DVC's run cache, untrained, byte for byte."""
+    import time
+
     from conftest import REPO
 
     assert COMPARE in (REPO / "README.md").read_text()  # the command users copy
     run(["python", "-m", "rnnlab.config", *TINY], project)
     run([*GIT, "commit", "-qam", "tiny"], project)
+    trained, outputs = None, None
     for variant in ("model=gru", "model=rnn", "trainer.gradient_clip_val=0"):
+        start = time.perf_counter()
         run(["dvc", "exp", "run", *[a for o in [*TINY, variant] for a in ("-S", o)]], project)
+        if trained is None:  # the first variant (the TINY default): its time and its outputs
+            trained = time.perf_counter() - start
+            outputs = {p: p.read_bytes() for p in (project / "data" / "train").rglob("*") if p.is_file()
+                       and "checkpoints" not in p.parts}
     table = run(["bash", "-c", COMPARE], project).stdout.splitlines()
     assert max(map(len, table)) <= 120, table
     assert len(table[0].split()) == 10 and table[0].split()[:8] == ["Experiment", "val_loss", "val_ppl", "val_bpc", "clip_fraction", "test.loss",
@@ -135,14 +106,30 @@ def test_the_readme_comparison_of_three_experiments_fits_120_columns(project):
     run(["dvc", "plots", "show"], project)  # the README's offline plots (dvc_plots/)
     assert not untracked_files(project)  # everything generated is ignored
 
+    run(["python", "-m", "rnnlab.config", *TINY], project)  # back to the first variant
+    start = time.perf_counter()
+    out = run(["dvc", "repro"], project).stdout
+    back = time.perf_counter() - start
+    assert "Stage 'train' is cached - skipping run, checking out outputs" in out, out
+    assert "> python pipeline/train.py" not in out
+    assert {p: p.read_bytes() for p in outputs} == outputs  # model, metrics, plots: the first variant's, restored
+    assert back < trained / 3, (back, trained)
 
-def test_dvc_exp_run_builds_a_word_model(project):
+
+def test_dvc_exp_run_builds_a_word_model_in_fewer_steps_than_the_validation_interval(project):
+    """A word-level experiment, and a user's first quick try in one: fewer steps than
+    trainer.val_check_interval still end with a validation, so the model, metrics, plots and samples all exist."""
     run(["python", "-m", "rnnlab.config", *TINY], project)
     run([*GIT, "commit", "-qam", "tiny"], project)
-    overrides = [arg for o in TINY + ["vocab=word", "vocab.min_freq=1"] for arg in ("-S", o)]
-    run(["dvc", "exp", "run", *overrides], project)
-    stats = json.loads((project / "data" / "vocab" / "stats.json").read_text())
-    assert stats["level"] == "word"
+    overrides = [a for o in [*TINY, "vocab=word", "vocab.min_freq=1", "trainer.max_steps=7"] for a in ("-S", o)]
+    out = run(["dvc", "exp", "run", *overrides], project).stdout  # trainer.val_check_interval=10
+    assert "Running stage 'evaluate'" in out
+    assert json.loads((project / "data" / "vocab" / "stats.json").read_text())["level"] == "word"
+    train = project / "data" / "train"
+    metrics = json.loads((train / "metrics.json").read_text())
+    assert metrics["step"] == 7 and metrics["best_step"] == 7 and metrics["val_loss"] > 0
+    assert (train / "plots" / "loss.png").exists() and (train / "plots" / "gradient_through_time.png").exists()
+    assert json.loads((project / "data" / "eval" / "metrics.json").read_text())["test"]["loss"] > 0
     shown = run(["dvc", "exp", "show", "--no-pager", "--csv"], project).stdout
     rows = list(csv.DictReader(io.StringIO(shown)))
     exp = next(r for r in rows if r["typ"].startswith("branch"))  # the experiment, not the workspace
@@ -152,16 +139,16 @@ def test_dvc_exp_run_builds_a_word_model(project):
     assert tags.get("dvc_exp_name")  # the run knows its DVC experiment
 
 
-def test_sample_from_the_command_line(project):
-    run(["python", "-m", "rnnlab.config", *TINY], project)
-    run(["dvc", "repro", "train"], project)
+def test_sample_from_the_command_line(trained_project):
+    project = trained_project
+    data = {p: p.read_bytes() for p in (project / "data").rglob("*") if p.is_file()}
     out = run(["python", "pipeline/sample.py", "sample.prime=SPEAKER 1:", "sample.num_samples=2",
                "sample.max_length=10", "sample.seed=3"], project).stdout
     assert out.count("SPEAKER 1:") == 2
     again = run(["python", "pipeline/sample.py", "sample.prime=SPEAKER 1:", "sample.num_samples=2",
                  "sample.max_length=10", "sample.seed=3"], project).stdout
     assert again == out  # same seed, same text
-    assert not (project / "data" / "samples").exists()  # an interactive look writes nothing
+    assert {p: p.read_bytes() for p in (project / "data").rglob("*") if p.is_file()} == data  # writes nothing
     bad = run(["python", "pipeline/sample.py", "sample.temperature=0"], project, check=False)
     assert bad.returncode == 2 and bad.stderr.startswith("error: sample.temperature=0 must be above 0")
     ckpt = project / "data" / "train" / "checkpoints" / "last.ckpt"

@@ -129,11 +129,9 @@ def digests(project: Path) -> dict[str, str]:
 
 
 @pytest.mark.slow
-def test_under_dvc_an_empty_corpus_keeps_every_previous_output_and_a_failed_train_names_the_restore(project):
-    run(["python", "-m", "rnnlab.config", *TINY], project)
-    run(["dvc", "repro"], project)
-    run(["git", "-c", "user.name=t", "-c", "user.email=t@t", "add", "-A"], project)
-    run(["git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "first run"], project)
+def test_under_dvc_an_empty_corpus_keeps_every_previous_output_and_a_failed_train_names_the_restore(
+        trained_project):
+    project = trained_project  # TINY, `dvc repro`, committed
     before = digests(project)
     assert "data/train/model/model.pt" in before and "data/prepared/train.txt" in before
 

@@ -147,11 +147,10 @@ def exp_rows(repo: Path) -> list[dict]:
 
 
 @pytest.mark.usefixtures("no_client_credentials")
-def test_a_dvc_remote_on_s3_carries_outputs_and_experiments_to_a_clone(project, s3, tmp_path):
+def test_a_dvc_remote_on_s3_carries_outputs_and_experiments_to_a_clone(trained_project, s3, tmp_path):
+    project = trained_project  # TINY, `dvc repro`, committed
     bucket = s3.create_bucket("team-dvc")
     env = {k: v for k, v in s3.env.items() if k.startswith("AWS_")}  # dvc-s3 reads AWS's usual variables
-    run(["python", "-m", "rnnlab.config", *SMALL], project)
-    run(["dvc", "repro"], project)
     run(["dvc", "remote", "add", "-d", "storage", f"s3://{bucket}/dvcstore"], project)
     run(["dvc", "remote", "modify", "storage", "endpointurl", s3.endpoint], project)  # real S3: not needed
     run([*GIT, "add", "-A"], project)
@@ -166,7 +165,7 @@ def test_a_dvc_remote_on_s3_carries_outputs_and_experiments_to_a_clone(project, 
     run(["git", "init", "-q", "--bare", str(origin)], tmp_path)
     run(["git", "remote", "add", "origin", str(origin)], project)
     run(["git", "push", "-q", "origin", "--all"], project)
-    run(["dvc", "exp", "run", *[a for o in SMALL for a in ("-S", o)], "-S", "model=rnn"], project)
+    run(["dvc", "exp", "run", *[a for o in TINY for a in ("-S", o)], "-S", "model=rnn"], project)
     (exp,) = [r["Experiment"] for r in exp_rows(project)]
     start = time.perf_counter()
     run(["dvc", "exp", "push", "origin", exp], project, env=env)
