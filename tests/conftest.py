@@ -51,6 +51,13 @@ def conf_spec(key: str, **changes):
     return spec(key, REPO / "conf", **changes)
 
 
+def pytest_xdist_auto_num_workers(config) -> int:
+    """Workers for `-n auto` (pyproject.toml's addopts): two for the whole suite, whose end-to-end tests mostly
+    wait on the processes they start; none for the quick tier (`-m "not slow"`), where starting a worker and
+    importing torch, Lightning and MLflow in it costs more than a second worker saves. `-n N` overrides."""
+    return 0 if "not slow" in (config.option.markexpr or "") else 2
+
+
 def pytest_addoption(parser) -> None:
     parser.addoption("--refresh-docs", action="store_true",
                      help="let the MLflow UI test write docs/mlflow-ui.png (tests write nowhere else in the repo)")

@@ -73,6 +73,7 @@ def test_tune_picks_the_grid_point_with_the_lowest_loss_and_a_repeating_stream_r
     assert best["lambda"] == 0.9 and every[(best["theta"], 0.9)] < 0.9 * every[(0.0, 0.0)]  # the cache helps
 
 
+@pytest.mark.slow  # trains (Lightning)
 def test_the_evaluate_stage_reports_the_cache_beside_the_models_own_numbers(tmp_path, fresh_mlflow_db, monkeypatch):
     from conftest import REPO
     from rnnlab.stages import evaluate, prepare, sample, train, vocab

@@ -214,6 +214,7 @@ def train_recipe(cfg, vocab_dir: Path, epochs: int) -> tuple[list[float], list]:
     return lr.lrs, lit.history["val"]
 
 
+@pytest.mark.slow  # trains each recipe (Lightning)
 @pytest.mark.parametrize("name", RECIPES)
 def test_recipe_trains_and_its_schedule_follows_the_epochs(name, tmp_path):
     cfg = recipe(name)

@@ -27,6 +27,9 @@ def overrides(tmp: Path, train: Path | None = None) -> list[str]:
     return [*TINY, f"corpus.path={tmp / 'tiny.txt'}", *paths, f"tracking.uri=sqlite:///{tmp / 'mlflow.db'}"]
 
 
+pytestmark = pytest.mark.slow  # trains a model (Lightning)
+
+
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory) -> Path:
     """A workspace (params.yaml, data/, mlflow.db) with a tiny trained model and its MLflow run."""

@@ -23,6 +23,7 @@ def in_repo(monkeypatch):
     monkeypatch.chdir(REPO)  # run from the repository root, as under `dvc repro`
 
 
+@pytest.mark.slow  # trains (Lightning)
 def test_final_val_loss_equals_evaluate_on_the_val_split(tmp_path, in_repo, fresh_mlflow_db):
     """Training's validation and the evaluate stage score with rnnlab.scoring: same checkpoint, same
     windows (B = data.eval_batch_size = evaluate.batch_size, T = data.bptt = evaluate.bptt), same number."""

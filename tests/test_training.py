@@ -19,6 +19,8 @@ from rnnlab.params import Params, build
 from rnnlab.schema import TrainerSpec
 from rnnlab.stages import train as train_stage
 
+pytestmark = pytest.mark.slow  # every test here trains a model (Lightning) or a recurrent net by hand
+
 
 class Job:
     """A tiny training's params, sections swapped by assignment (`job.model = conf_spec("model", ...)`), and
