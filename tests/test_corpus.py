@@ -307,6 +307,7 @@ def in_memory(raw: str | dict[str, str], sha: str, spec) -> tuple[dict, dict] | 
     return stats, {name: part.encode() for name, part in parts.items()}
 
 
+@pytest.mark.slow  # each case prepares a corpus twice
 @pytest.mark.parametrize("kw", [
     {},
     {"format": "lines"},
@@ -374,6 +375,7 @@ def test_max_chars_bounds_the_memory_a_large_file_needs(tmp_path):
     assert peak < 4 * 2**20  # reading the file whole: over 120 MB (its bytes and its text)
 
 
+@pytest.mark.slow  # prepares a 120 MB file
 def test_preparing_a_large_file_takes_the_memory_of_a_few_blocks(tmp_path, monkeypatch):
     """Without max_chars too: the text is cleaned a block at a time into a spool (a temporary file) and
     copied from there: 4 MB here. Read whole (before issue 20), this 24 MB file took 530 MB: a str of 4

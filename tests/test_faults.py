@@ -2,8 +2,8 @@
 
 Every case ends in a one-line error with exit status 2, or in a clean recovery: no lost outputs, no
 manual delete, no MLflow run left RUNNING. Most cases train in-process (a crash is an exception raised
-by a callback at a given step); kill -9, `dvc repro` and two sweeps at once run as real processes. The
-whole suite is in the slow tier (`pytest -q` and CI run it).
+by a callback at a given step); kill -9 and `dvc repro` run as real processes (two sweeps at once:
+test_sweep.py). The whole suite is in the slow tier (`pytest -q` and CI run it).
 """
 
 from __future__ import annotations
@@ -13,14 +13,13 @@ import json
 import os
 import signal
 import sqlite3
-import subprocess
 from pathlib import Path
 
 import lightning.pytorch as pl
 import pytest
 import torch
 
-from conftest import BIN, TINY, kill_train_after_a_checkpoint, run, conf_spec
+from conftest import TINY, kill_train_after_a_checkpoint, run, conf_spec
 from rnnlab.errors import UserError
 from test_mlflow_ui import mlflow_server_control, restore_mlflow_uri  # noqa: F401  (fixtures)
 from test_training import run_training, tiny_job
@@ -277,7 +276,7 @@ def test_a_wrong_type_in_a_sample_override_is_one_line(tmp_path):
     assert (proc.returncode, proc.stderr) == (2, "error: sample.temperature='hot': expected a number\n")
 
 
-# --- end to end: kill -9 and dvc repro, two sweeps at once, a hand-edited params.yaml ----------------------
+# --- end to end: kill -9 and dvc repro, a hand-edited params.yaml (two sweeps at once: test_sweep.py) --
 
 
 def train_csvs(project: Path) -> dict[str, str]:
@@ -299,23 +298,6 @@ def test_kill_9_at_a_random_step_then_dvc_repro_gives_the_uninterrupted_numbers(
     out = run(["dvc", "repro", "train"], project).stdout
     assert "resuming the interrupted training" in out
     assert train_csvs(project) == train_csvs(reference)  # to the last digit
-
-
-def test_two_sweeps_started_together_never_share_a_folder(project):
-    run(["python", "-m", "rnnlab.config", *TINY], project)
-    # No mlflow.db yet: both sweeps create it (tracking.ensure_experiment lets one go first).
-    args = ["python", "pipeline/sweep.py", "-m", *TINY, "trainer.max_steps=5", "trainer.val_check_interval=5",
-            "model=rnn,gru"]
-    env = {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}", "OMP_NUM_THREADS": "1"}
-    procs = [subprocess.Popen(args, cwd=project, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                              text=True) for _ in range(2)]
-    outs = [p.communicate(timeout=600)[0] for p in procs]
-    assert [p.returncode for p in procs] == [0, 0], "\n\n".join(o[-3000:] for o in outs)
-    folders = sorted(p for p in (project / "multirun").iterdir() if p.is_dir())
-    assert len(folders) == 2
-    for folder in folders:
-        assert sorted(j.name for j in folder.iterdir() if j.name.isdigit()) == ["0", "1"]
-        assert all((folder / j / "eval" / "metrics.json").exists() for j in ("0", "1"))
 
 
 def test_a_hand_edited_params_yaml_keeps_the_outputs_of_dvc_repro(trained_project):

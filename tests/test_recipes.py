@@ -46,6 +46,7 @@ def differences(a, b) -> dict[tuple[str, str], object]:
 # --- what defines each recipe -----------------------------------------------------------------------------
 
 
+@pytest.mark.slow  # composes every recipe
 @pytest.mark.parametrize("name", RECIPES)
 def test_every_recipe_is_a_word_level_lstm_on_ptb_trained_by_epochs(name):
     cfg = recipe(name)  # composed and validated (rnnlab.schema), as `dvc exp run -S +experiment=...`
@@ -117,6 +118,7 @@ def test_awd_small_300_is_awd_small_long_wider_with_a_shorter_lr_20_phase():
                                             ("optim", "step_start_epoch"), ("trainer", "max_epochs")}
 
 
+@pytest.mark.slow  # composes every ablation
 def test_the_ablation_sweep_is_awd_small_plus_one_addition_at_a_time():
     sweep = yaml.safe_load((REPO / "conf" / "experiment" / "awd_ablation.yaml").read_text())["hydra"]["sweeper"]
     options = sweep["params"]["ablation"].split(",")
@@ -144,6 +146,7 @@ def test_pretokenized_vocab_has_the_keys_of_the_word_vocab():
 # --- parameter counts on PTB's vocabulary -----------------------------------------------------------------
 
 
+@pytest.mark.slow  # builds each recipe's full-size model
 @pytest.mark.parametrize("name, expected", [("zaremba_small", 4_653_200), ("zaremba_medium", 19_780_400),
                                             ("wlm", 4_653_200), ("awd_small", 2_653_200),
                                             ("awd_small_256", 3_622_672), ("awd_small_long", 3_622_672),

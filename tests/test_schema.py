@@ -56,6 +56,7 @@ def conf_drift(conf_dir: Path, groups: tuple[str, ...] = GROUPS) -> list[str]:
     return sorted(set(problems))
 
 
+@pytest.mark.slow  # composes every group option
 def test_every_schema_field_has_its_value_in_conf_for_every_group_option():
     assert conf_drift(REPO / "conf") == []
 
@@ -89,6 +90,7 @@ def test_agreement_generator_keys_are_the_schema_fields():
     assert set(generator) == {f.name for f in dataclasses.fields(schema.AgreementSpec)}
 
 
+@pytest.mark.slow  # composes every preset
 def test_every_preset_composes_into_valid_params():
     from hydra import compose, initialize_config_dir
 

@@ -5,13 +5,15 @@ from __future__ import annotations
 
 import csv
 import io
+import os
 import sqlite3
+import subprocess
 import time
 from pathlib import Path
 
 import pytest
 
-from conftest import TINY, run, untracked_files
+from conftest import BIN, TINY, run, untracked_files
 
 pytestmark = pytest.mark.slow  # end to end: real dvc, sweeps, servers
 
@@ -33,23 +35,45 @@ def metric_keys(project: Path, run_uuid: str) -> set[str]:
     return {k for (k,) in db.execute("select distinct key from metrics where run_uuid = ?", (run_uuid,))}
 
 
-def test_hydra_multirun_gives_children_of_one_parent_and_a_report(project):
-    out = run(["python", "pipeline/sweep.py", "-m", *SMALL, "model=rnn,gru"], project)
-    parent, children = sweep_runs(project)
-    assert sorted(name for _, name, _ in children) == ["model=gru", "model=rnn"]
-    for uuid, _, status in children:
-        assert status == "FINISHED"
-        assert {"val/loss", "test/ppl", "test/bpc", "gtt/d000", "samples/novelty_rate"} <= metric_keys(project, uuid)
-    sweep_dir = next((project / "multirun").iterdir())
-    assert len(list((sweep_dir / "data").glob("prepared-*[!k]"))) == 1  # prepared once, shared by both jobs
-    for job in ("0", "1"):
-        assert (sweep_dir / job / "samples" / "samples.txt").read_text().strip()
-    report = (sweep_dir / "report" / "report.md").read_text()
-    assert "| model=rnn | finished | rnn |" in report and "| model=gru | finished | gru |" in report
-    assert (sweep_dir / "report" / "gradient_through_time.png").stat().st_size > 1000
-    assert "report:" in out.stdout
+def children_of(project: Path, sweep_dir: Path) -> list[tuple]:
+    """(run id, name, status) of the child runs of the sweep whose folder is `sweep_dir`."""
+    db = sqlite3.connect(project / "mlflow.db")
+    (parent,) = db.execute("select run_uuid from tags where key = 'rnnlab.sweep_dir' and value = ?",
+                           (str(sweep_dir.resolve()),)).fetchall()
+    return db.execute("select r.run_uuid, r.name, r.status from runs r join tags t on t.run_uuid = r.run_uuid "
+                      "where t.key = 'mlflow.parentRunId' and t.value = ?", parent).fetchall()
 
-    again = run(["python", "pipeline/report.py", "--sweep", str(sweep_dir.relative_to(project))], project)
+
+def test_two_hydra_multiruns_at_once_give_two_folders_each_with_its_children_and_a_report(project):
+    """Two sweeps (the basic launcher) started in the same second into a store neither has created yet
+    (tracking.ensure_experiment lets one go first): two folders, and in each the jobs, a parent run with its
+    two children and a report."""
+    run(["python", "-m", "rnnlab.config", *TINY], project)
+    args = ["python", "pipeline/sweep.py", "-m", *SMALL, "model=rnn,gru"]
+    env = {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}", "OMP_NUM_THREADS": "1"}
+    procs = [subprocess.Popen(args, cwd=project, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                              text=True) for _ in range(2)]
+    outs = [p.communicate(timeout=600)[0] for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], "\n\n".join(o[-3000:] for o in outs)
+    assert all("report:" in out for out in outs)
+    folders = sorted(p for p in (project / "multirun").iterdir() if p.is_dir())
+    assert len(folders) == 2
+    for sweep_dir in folders:
+        assert sorted(j.name for j in sweep_dir.iterdir() if j.name.isdigit()) == ["0", "1"]
+        assert len(list((sweep_dir / "data").glob("prepared-*[!k]"))) == 1  # prepared once, shared by both jobs
+        for job in ("0", "1"):
+            assert (sweep_dir / job / "eval" / "metrics.json").exists()
+            assert (sweep_dir / job / "samples" / "samples.txt").read_text().strip()
+        children = children_of(project, sweep_dir)
+        assert sorted(name for _, name, _ in children) == ["model=gru", "model=rnn"]
+        for uuid, _, status in children:
+            assert status == "FINISHED"
+            assert {"val/loss", "test/ppl", "test/bpc", "gtt/d000", "samples/novelty_rate"} <= metric_keys(project, uuid)
+        report = (sweep_dir / "report" / "report.md").read_text()
+        assert "| model=rnn | finished | rnn |" in report and "| model=gru | finished | gru |" in report
+        assert (sweep_dir / "report" / "gradient_through_time.png").stat().st_size > 1000
+
+    again = run(["python", "pipeline/report.py", "--sweep", str(folders[0].relative_to(project))], project)
     assert "2 runs;" in again.stdout and "train_s" in again.stdout
     assert not untracked_files(project)  # multirun/, mlflow.db: ignored
 

@@ -244,6 +244,7 @@ def test_a_damaged_split_is_one_line_before_anything_is_written(tmp_path):
     assert not (tmp_path / "data" / "vocab").exists() or not list((tmp_path / "data" / "vocab").iterdir())
 
 
+@pytest.mark.slow  # builds vocabularies of large files
 @pytest.mark.parametrize("level, lines, limit_mb", [("char", 100_000, 16), ("word", 20_000, 6)])
 def test_the_vocab_stage_takes_the_memory_of_a_block(tmp_path, monkeypatch, level, lines, limit_mb):
     """Given whole (a str per split), the same stage takes 77 MB at char level for the 4.4 MB train split (a
