@@ -51,11 +51,11 @@ def conf_spec(key: str, **changes):
     return spec(key, REPO / "conf", **changes)
 
 
-def pytest_xdist_auto_num_workers(config) -> int:
-    """Workers for `-n auto` (pyproject.toml's addopts): two for the whole suite, whose end-to-end tests mostly
-    wait on the processes they start; none for the quick tier (`-m "not slow"`), where starting a worker and
-    importing torch, Lightning and MLflow in it costs more than a second worker saves. `-n N` overrides."""
-    return 0 if "not slow" in (config.option.markexpr or "") else 2
+def pytest_collection_modifyitems(config, items) -> None:
+    """Files with slow tests first: pytest-xdist hands each worker whole files (`--dist loadfile`), two ahead;
+    with the long files first and the quick ones last, both workers finish at about the same time."""
+    slow = {item.path for item in items if item.get_closest_marker("slow")}
+    items.sort(key=lambda item: item.path not in slow)  # stable: the order within each group is kept
 
 
 def pytest_addoption(parser) -> None:
