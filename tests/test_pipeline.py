@@ -116,29 +116,6 @@ def test_three_experiments_compare_in_120_columns_and_returning_to_one_restores_
     assert back < trained / 3, (back, trained)
 
 
-def test_dvc_exp_run_builds_a_word_model_in_fewer_steps_than_the_validation_interval(project):
-    """A word-level experiment, and a user's first quick try in one: fewer steps than
-    trainer.val_check_interval still end with a validation, so the model, metrics, plots and samples all exist."""
-    run(["python", "-m", "rnnlab.config", *TINY], project)
-    run([*GIT, "commit", "-qam", "tiny"], project)
-    overrides = [a for o in [*TINY, "vocab=word", "vocab.min_freq=1", "trainer.max_steps=7"] for a in ("-S", o)]
-    out = run(["dvc", "exp", "run", *overrides], project).stdout  # trainer.val_check_interval=10
-    assert "Running stage 'evaluate'" in out
-    assert json.loads((project / "data" / "vocab" / "stats.json").read_text())["level"] == "word"
-    train = project / "data" / "train"
-    metrics = json.loads((train / "metrics.json").read_text())
-    assert metrics["step"] == 7 and metrics["best_step"] == 7 and metrics["val_loss"] > 0
-    assert (train / "plots" / "loss.png").exists() and (train / "plots" / "gradient_through_time.png").exists()
-    assert json.loads((project / "data" / "eval" / "metrics.json").read_text())["test"]["loss"] > 0
-    shown = run(["dvc", "exp", "show", "--no-pager", "--csv"], project).stdout
-    rows = list(csv.DictReader(io.StringIO(shown)))
-    exp = next(r for r in rows if r["typ"].startswith("branch"))  # the experiment, not the workspace
-    assert exp["vocab.name"] == "word" and float(exp["test.bpc"]) > 0 and float(exp["val_loss"]) > 0
-    db = sqlite3.connect(project / "mlflow.db")
-    tags = dict(db.execute("select key, value from tags where key = 'dvc_exp_name'").fetchall())
-    assert tags.get("dvc_exp_name")  # the run knows its DVC experiment
-
-
 def test_sample_from_the_command_line(trained_project):
     project = trained_project
     data = {p: p.read_bytes() for p in (project / "data").rglob("*") if p.is_file()}
@@ -189,21 +166,35 @@ def ptb_style_splits(project) -> dict[str, str]:
     return texts
 
 
-def test_dvc_exp_run_on_pretokenized_splits_keeps_one_unk_and_never_samples_it(project):
-    """A PTB-shaped corpus given as three files (corpus=file, corpus.splits.*) with vocab=pretokenized: the
-    text's <unk> is the vocabulary's own, token counts are the files' words plus one <eos> a line, and the
-    samples never show <unk> (rejected and counted, sample.unk=reject)."""
+def test_dvc_exp_run_of_a_word_model_on_pretokenized_splits_keeps_one_unk_and_never_samples_it(project):
+    """A word-level `dvc exp run` on a PTB-shaped corpus given as three files (corpus=file, corpus.splits.*)
+    with vocab=pretokenized: the text's <unk> is the vocabulary's own, token counts are the files' words plus
+    one <eos> a line, and the samples never show <unk> (rejected and counted, sample.unk=reject). Also a
+    user's first quick try: fewer steps than trainer.val_check_interval still end with a validation, so the
+    model, metrics, plots and samples all exist; `dvc exp show` and the MLflow run know the experiment."""
     texts = ptb_style_splits(project)
     # TINY's model and sizes; enough steps (and lr) to learn that <unk> is frequent, so samples draw it.
     changed = ("corpus", "trainer.max_steps", "trainer.val_check_interval", "sample.num_samples")
     shrink = [o for o in TINY if not o.startswith(changed)]
     overrides = ["corpus=file", "corpus.splits.train=a.txt", "corpus.splits.val=b.txt", "corpus.splits.test=c.txt",
                  "vocab=pretokenized", "sample.unk=reject", *shrink, "trainer.max_steps=60",
-                 "trainer.val_check_interval=30", "optim.lr=0.03", "sample.num_samples=6"]
+                 "trainer.val_check_interval=100", "optim.lr=0.03", "sample.num_samples=6"]
     run(["python", "-m", "rnnlab.config", *overrides], project)
     run([*GIT, "add", "-A"], project)
     run([*GIT, "commit", "-qm", "ptb-style splits"], project)
-    run(["dvc", "exp", "run", *[a for o in overrides for a in ("-S", o)]], project)
+    out = run(["dvc", "exp", "run", *[a for o in overrides for a in ("-S", o)]], project).stdout
+    assert "Running stage 'evaluate'" in out
+
+    train = project / "data" / "train"
+    metrics = json.loads((train / "metrics.json").read_text())
+    assert metrics["step"] == 60 and metrics["best_step"] == 60 and metrics["val_loss"] > 0
+    assert (train / "plots" / "loss.png").exists() and (train / "plots" / "gradient_through_time.png").exists()
+    shown = run(["dvc", "exp", "show", "--no-pager", "--csv"], project).stdout
+    exp = next(r for r in csv.DictReader(io.StringIO(shown)) if r["typ"].startswith("branch"))  # not the workspace
+    assert exp["vocab.name"] == "pretokenized" and float(exp["test.bpc"]) > 0 and float(exp["val_loss"]) > 0
+    db = sqlite3.connect(project / "mlflow.db")
+    assert dict(db.execute("select key, value from tags where key = 'dvc_exp_name'").fetchall()) == {
+        "dvc_exp_name": exp["Experiment"]}  # the run knows its DVC experiment
 
     stats = json.loads((project / "data" / "vocab" / "stats.json").read_text())
     for split, name in (("train", "a.txt"), ("val", "b.txt"), ("test", "c.txt")):
