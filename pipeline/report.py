@@ -26,8 +26,8 @@ def main() -> None:
     from rnnlab import report
 
     table, count, path = report.compare(load().tracking, args.sweep, args.dvc, args.out)
-    print(f"{table}\n\n{count} runs; val_* are the saved (best) model's; the full report with samples and "
-          f"plots: {path}")
+    print(f"{table}\n\n{count} run{'s' * (count != 1)}; val_* are the saved (best) model's; the full report with "
+          f"samples and plots: {path}")
 
 
 if __name__ == "__main__":

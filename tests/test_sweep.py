@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import csv
 import io
+import json
 import os
 import sqlite3
 import subprocess
@@ -68,7 +69,8 @@ def test_two_hydra_multiruns_at_once_give_two_folders_each_with_its_children_and
         assert sorted(name for _, name, _ in children) == ["model=gru", "model=rnn"]
         for uuid, _, status in children:
             assert status == "FINISHED"
-            assert {"val/loss", "test/ppl", "test/bpc", "gtt/d000", "samples/novelty_rate"} <= metric_keys(project, uuid)
+            keys = metric_keys(project, uuid)
+            assert {"val/loss", "test/ppl", "test/bpc", "gtt/d000", "samples/novelty_rate"} <= keys
         report = (sweep_dir / "report" / "report.md").read_text()
         assert "| model=rnn | finished | rnn |" in report and "| model=gru | finished | gru |" in report
         assert (sweep_dir / "report" / "gradient_through_time.png").stat().st_size > 1000
@@ -109,10 +111,12 @@ def test_a_failing_job_ends_the_sweep_with_one_line_and_a_failed_parent_run(proj
     assert len(statuses) == 1 and list(statuses.values()) == ["FAILED"]  # the parent; no job got to training
 
 
-def test_dvc_queue_runs_land_in_the_root_database(project):
-    run(["python", "-m", "rnnlab.config", *SMALL], project)
-    run([*GIT, "commit", "-qam", "tiny"], project)
-    overrides = [arg for o in SMALL for arg in ("-S", o)]
+def test_dvc_queue_runs_land_in_the_root_database_and_a_trained_variant_comes_from_the_run_cache(trained_project):
+    """`dvc exp run --queue -S model=rnn,gru` on a workspace that trained gru: both experiments complete in
+    the queue's copies; rnn trains and logs to the root's MLflow database (DVC_ROOT), gru comes back from
+    DVC's run cache without training (so without a new run)."""
+    project = trained_project  # TINY (model=gru), `dvc repro`, committed
+    overrides = [arg for o in TINY for arg in ("-S", o)]
     run(["dvc", "exp", "run", "--queue", *overrides, "-S", "model=rnn,gru"], project)
     run(["dvc", "queue", "start", "-j", "1"], project)
     deadline = time.time() + 300
@@ -123,11 +127,12 @@ def test_dvc_queue_runs_land_in_the_root_database(project):
         time.sleep(2)
     assert "Failed" not in status, status
     rows = list(csv.DictReader(io.StringIO(run(["dvc", "exp", "show", "--no-pager", "--csv"], project).stdout)))
-    exps = [r for r in rows if r["typ"].startswith("branch")]
-    assert sorted(r["model.name"] for r in exps) == ["gru", "rnn"]
-    assert all(float(r["test.bpc"]) > 0 for r in exps)
+    exps = {r["model.name"]: r for r in rows if r["typ"].startswith("branch")}
+    assert sorted(exps) == ["gru", "rnn"] and all(float(r["test.bpc"]) > 0 for r in exps.values())
+    trained = json.loads((project / "data" / "eval" / "metrics.json").read_text())["test"]["bpc"]
+    assert float(exps["gru"]["test.bpc"]) == pytest.approx(trained, rel=1e-4)  # the workspace's gru, restored
     db = sqlite3.connect(project / "mlflow.db")
     names = {v for (v,) in db.execute("select value from tags where key = 'dvc_exp_name'")}
-    assert names == {r["Experiment"] for r in exps}
+    assert names == {exps["rnn"]["Experiment"]}  # gru did not train again
     report = run(["python", "pipeline/report.py", "--dvc"], project).stdout
-    assert "2 runs;" in report and max(map(len, report.splitlines())) <= 120
+    assert "1 run;" in report and max(map(len, report.splitlines())) <= 120
