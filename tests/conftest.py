@@ -51,25 +51,11 @@ def conf_spec(key: str, **changes):
     return spec(key, REPO / "conf", **changes)
 
 
-# The longest files first (seconds in a full run, docs/performance.md): pytest-xdist hands each worker whole files
-# (`--dist loadfile`), two ahead, so the longest-first order leaves both workers finishing together. test_ddp
-# goes second so that the other worker starts on a file that does not wait for the trained template. A stale
-# order costs balance only; files not listed follow, the quick ones last.
-LONGEST_FIRST = ("test_pipeline.py", "test_ddp.py", "test_team_server.py", "test_sweep.py", "test_faults.py",
-                 "test_signals.py", "test_study_faults.py", "test_search.py", "test_dvc_reruns.py",
-                 "test_generated_faults.py", "test_tracking_outage.py", "test_preflight.py", "test_mlflow_ui.py",
-                 "test_sampler_model.py", "test_launchers.py", "test_notebook.py", "test_training.py")
-
-
 def pytest_collection_modifyitems(config, items) -> None:
-    """Files with slow tests first, the longest of them first (LONGEST_FIRST); the quick files fill the end."""
+    """Files with slow tests first: pytest-xdist hands each worker whole files (`--dist loadfile`), two ahead;
+    with the long files first and the quick ones last, both workers finish at about the same time."""
     slow = {item.path for item in items if item.get_closest_marker("slow")}
-
-    def rank(item) -> tuple[bool, int]:
-        name = item.path.name
-        return item.path not in slow, LONGEST_FIRST.index(name) if name in LONGEST_FIRST else len(LONGEST_FIRST)
-
-    items.sort(key=rank)  # stable: the order within a file and among unlisted files is kept
+    items.sort(key=lambda item: item.path not in slow)  # stable: the order within each group is kept
 
 
 def pytest_addoption(parser) -> None:
