@@ -13,7 +13,6 @@ import shutil
 import sqlite3
 import subprocess
 import sys
-import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -151,10 +150,9 @@ def copy_project(tmp_path: Path) -> Path:
 @dataclass(frozen=True)
 class Trained:
     """A project after `python -m rnnlab.config *TINY` and `dvc repro`, committed: `out` is what that `dvc repro`
-    printed, `seconds` how long it took."""
+    printed."""
     path: Path
     out: str
-    seconds: float
 
 
 @pytest.fixture(scope="session")
@@ -171,14 +169,12 @@ def trained_template(tmp_path_factory) -> Trained:
         if not record.exists():
             project = copy_project(root / "trained-template")
             run(["python", "-m", "rnnlab.config", *TINY], project)
-            began = time.perf_counter()
             out = run(["dvc", "repro"], project).stdout
-            seconds = time.perf_counter() - began
             run(["git", "-c", "user.name=t", "-c", "user.email=t@t", "add", "-A"], project)
             run(["git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "trained"], project)
-            record.write_text(json.dumps({"path": str(project), "out": out, "seconds": seconds}))
+            record.write_text(json.dumps({"path": str(project), "out": out}))
     saved = json.loads(record.read_text())
-    return Trained(Path(saved["path"]), saved["out"], saved["seconds"])
+    return Trained(Path(saved["path"]), saved["out"])
 
 
 # MLflow's SQLite store keeps absolute artifact locations: a copy's runs must point at the copy's artifacts.
