@@ -71,37 +71,42 @@ COMPARE = ("dvc exp show --no-pager --csv --only-changed --sort-by val_loss --so
            "(model|trainer|optim|vocab|corpus)\\.(?!name$).+)$).*' \\\n  | column -t -s, -o ' '")
 
 
-def test_three_experiments_compare_in_120_columns_and_returning_to_one_restores_it_from_the_run_cache(project):
-    """The README's comparison of three `dvc exp run` variants; then back to the first with `dvc repro`: its
-    training comes back from DVC's run cache, untrained, byte for byte."""
+def test_three_experiments_compare_in_120_columns_and_returning_to_one_restores_it_from_the_run_cache(trained_project):
+    """The README's comparison of three `dvc exp run` variants of the trained TINY workspace (the first, model=gru,
+    is the workspace's own: its stages come back from DVC's run cache); then back to it with `dvc repro`: its
+    training comes back from the run cache, untrained, byte for byte."""
     import time
 
     from conftest import REPO
 
+    project = trained_project
     assert COMPARE in (REPO / "README.md").read_text()  # the command users copy
-    run(["python", "-m", "rnnlab.config", *TINY], project)
-    run([*GIT, "commit", "-qam", "tiny"], project)
-    trained, outputs = None, None
-    for variant in ("model=gru", "model=rnn", "trainer.gradient_clip_val=0"):
+    outputs = {p: p.read_bytes() for p in (project / "data" / "train").rglob("*") if p.is_file()
+               and "checkpoints" not in p.parts}  # the workspace's training: model, metrics, plots
+    trained = None
+    for variant in ("model=gru", "model=rnn", "trainer.gradient_clip_val=0.01"):  # 0.01: clipping fires
         start = time.perf_counter()
-        run(["dvc", "exp", "run", *[a for o in [*TINY, variant] for a in ("-S", o)]], project)
-        if trained is None:  # the first variant (the TINY default): its time and its outputs
+        out = run(["dvc", "exp", "run", *[a for o in [*TINY, variant] for a in ("-S", o)]], project).stdout
+        assert ("> python pipeline/train.py" in out) == (variant != "model=gru"), out
+        if variant == "model=rnn":  # a real training: what the run cache's return is measured against
             trained = time.perf_counter() - start
-            outputs = {p: p.read_bytes() for p in (project / "data" / "train").rglob("*") if p.is_file()
-                       and "checkpoints" not in p.parts}
     table = run(["bash", "-c", COMPARE], project).stdout.splitlines()
     assert max(map(len, table)) <= 120, table
     assert len(table[0].split()) == 10 and table[0].split()[:8] == ["Experiment", "val_loss", "val_ppl", "val_bpc", "clip_fraction", "test.loss",
                                     "test.ppl", "test.bpc"]
     assert {"model.cell", "trainer.gradient_clip_val"} <= set(table[0].split())  # the params that vary
     assert sum(1 for line in table[1:] if len(line.split()) == 10) == 3, table  # three named experiments, all values
+    clipped = table[0].split().index("clip_fraction")
+    assert {line.split()[-1]: float(line.split()[clipped]) for line in table[1:] if len(line.split()) == 10} == \
+        {"1.0": 0.0, "0.01": 1.0}, table  # TINY's gradients stay under 1.0: only the 0.01 run clips, every step
 
     printed = run(["python", "pipeline/report.py", "--dvc"], project).stdout.splitlines()  # the same, with time
     assert max(map(len, printed)) <= 120, printed
     assert printed[0].split() == ["run", "val_loss", "val_ppl", "val_bpc", "test_loss", "test_ppl", "test_bpc",
                                   "clip_frac", "train_s", "cell", "gradient_clip_val"], printed
-    rows = [line.split() for line in printed[1:4]]
+    rows = [line.split() for line in printed[1:3]]
     assert all(len(r) == 11 and float(r[8]) > 0 for r in rows), printed  # every value there, a training time
+    assert printed[4].startswith("2 runs;"), printed  # the experiments that trained (gru came from the run cache)
     print("\n".join(table + [""] + printed))  # for the README (pytest -s)
     run(["dvc", "plots", "show"], project)  # the README's offline plots (dvc_plots/)
     assert not untracked_files(project)  # everything generated is ignored

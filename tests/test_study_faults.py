@@ -253,7 +253,7 @@ def test_no_pruning_reaches_the_jobs_trial(tmp_path, monkeypatch):
     from omegaconf import OmegaConf
 
     from rnnlab import trial as optuna_trial
-    from rnnlab.trial import STORAGE_ENV, STUDY_ENV, TRIAL_ENV
+    from rnnlab.studyspec import STORAGE_ENV, STUDY_ENV, TRIAL_ENV
 
     storage = f"sqlite:///{tmp_path / 'o.db'}"
     study = optuna.create_study(study_name="s", storage=storage)

@@ -42,9 +42,8 @@ from omegaconf import DictConfig, OmegaConf
 from rnnlab import studyspec
 from rnnlab.errors import Stopped, UserError
 from rnnlab.files import make_folder, write_text
-from rnnlab.studyspec import Spec, assignment, quote
+from rnnlab.studyspec import STORAGE_ENV, STUDY_ENV, TRIAL_ENV, Spec, assignment, quote
 from rnnlab.sweep import PARENT_ENV, client_for, ignore_signals, stop_workers
-from rnnlab.trial import STORAGE_ENV, STUDY_ENV, TRIAL_ENV
 
 INTERRUPTED = "rnnlab.interrupted"  # user attribute of a trial a signal ended: FAIL, but not finished
 

@@ -26,6 +26,8 @@ SIMPLE = set("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_-.+
 TAGS = {"log", "int"}
 DIRECTIONS = ("minimize", "maximize")
 NAME_MAX = 512  # Optuna's column for study names
+# How the sweeper (rnnlab.search) hands each job its trial (rnnlab.trial reads them): Hydra's hydra.job.env_set
+STORAGE_ENV, STUDY_ENV, TRIAL_ENV = "RNNLAB_OPTUNA_STORAGE", "RNNLAB_OPTUNA_STUDY", "RNNLAB_OPTUNA_TRIAL"
 
 
 @dataclasses.dataclass

@@ -14,7 +14,7 @@ import os
 from lightning.pytorch.callbacks import Callback
 from omegaconf import DictConfig
 
-STORAGE_ENV, STUDY_ENV, TRIAL_ENV = "RNNLAB_OPTUNA_STORAGE", "RNNLAB_OPTUNA_STUDY", "RNNLAB_OPTUNA_TRIAL"
+from rnnlab.studyspec import STORAGE_ENV, STUDY_ENV, TRIAL_ENV
 
 
 def job_trial(sweeper_config: DictConfig):
