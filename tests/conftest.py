@@ -28,6 +28,7 @@ if os.environ.get("PYTEST_XDIST_WORKER"):
 REPO = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
 SHARED_CORPORA = REPO.parent / "shared" / "corpora"
+GIT = ["git", "-c", "user.name=t", "-c", "user.email=t@t"]  # commits in a test's repository, whoever runs it
 
 TINY_TEXT = "".join(
     f"SPEAKER {i % 3}:\nthe cat, which ate {i} fish, was full.\nthe cats were full too!\n\n" for i in range(60)
@@ -142,8 +143,8 @@ def copy_project(tmp_path: Path) -> Path:
     shutil.copy(REPO / "data" / ".gitignore", dst / "data" / ".gitignore")
     (dst / "tiny.txt").write_text(TINY_TEXT, encoding="utf-8")
     run(["git", "init", "-q"], dst)
-    run(["git", "-c", "user.name=t", "-c", "user.email=t@t", "add", "-A"], dst)
-    run(["git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "init"], dst)
+    run([*GIT, "add", "-A"], dst)
+    run([*GIT, "commit", "-qm", "init"], dst)
     return dst
 
 
@@ -170,8 +171,8 @@ def trained_template(tmp_path_factory) -> Trained:
             project = copy_project(root / "trained-template")
             run(["python", "-m", "rnnlab.config", *TINY], project)
             out = run(["dvc", "repro"], project).stdout
-            run(["git", "-c", "user.name=t", "-c", "user.email=t@t", "add", "-A"], project)
-            run(["git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "trained"], project)
+            run([*GIT, "add", "-A"], project)
+            run([*GIT, "commit", "-qm", "trained"], project)
             record.write_text(json.dumps({"path": str(project), "out": out}))
     saved = json.loads(record.read_text())
     return Trained(Path(saved["path"]), saved["out"])

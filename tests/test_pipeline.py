@@ -9,11 +9,9 @@ import sqlite3
 
 import pytest
 
-from conftest import TINY, run, untracked_files
+from conftest import GIT, TINY, run, untracked_files
 
 pytestmark = pytest.mark.slow  # end to end: real dvc, sweeps, servers
-
-GIT = ["git", "-c", "user.name=t", "-c", "user.email=t@t"]
 
 
 def test_dvc_repro_runs_the_five_stages(trained_template, trained_project):

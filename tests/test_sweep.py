@@ -18,7 +18,6 @@ from conftest import BIN, TINY, run, untracked_files
 
 pytestmark = pytest.mark.slow  # end to end: real dvc, sweeps, servers
 
-GIT = ["git", "-c", "user.name=t", "-c", "user.email=t@t"]
 SMALL = [*TINY, "trainer.max_steps=10", "trainer.val_check_interval=5"]
 
 

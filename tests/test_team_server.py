@@ -23,11 +23,10 @@ from pathlib import Path
 import pytest
 
 import services
-from conftest import TINY, run
+from conftest import GIT, TINY, run
 
 pytestmark = pytest.mark.slow  # end to end: real dvc, sweeps, servers
 
-GIT = ["git", "-c", "user.name=t", "-c", "user.email=t@t"]
 SMALL = [*TINY, "trainer.max_steps=10", "trainer.val_check_interval=5", "gradstats.every_n_steps=5"]
 METRICS = {"val/loss", "test/ppl", "test/bpc", "grad/norm_pre_clip", "gtt/d000"}
 PNG = b"\x89PNG\r\n\x1a\n"
