@@ -101,6 +101,17 @@ def tiny_params(tmp_path: Path, *overrides: str):
                     *overrides], REPO / "conf")  # a checked rnnlab.params.Params
 
 
+def set_args(overrides: list[str]) -> list[str]:
+    """`dvc exp run`'s arguments for Hydra overrides: `-S` before each."""
+    return [arg for override in overrides for arg in ("-S", override)]
+
+
+def train_outputs(root: Path) -> dict[str, bytes]:
+    """The train stage's outputs in the project at `root` (model, metrics, plots; not its checkpoints), by path."""
+    return {str(p.relative_to(root)): p.read_bytes() for p in (root / "data" / "train").rglob("*")
+            if p.is_file() and "checkpoints" not in p.parts}
+
+
 def run(cmd: list[str], cwd: Path, check: bool = True, env: dict | None = None) -> subprocess.CompletedProcess:
     """Run a command the way a user would from the project root (the venv's bin first on PATH)."""
     full_env = {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}", **(env or {})}

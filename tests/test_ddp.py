@@ -15,7 +15,7 @@ import sqlite3
 import pytest
 import torch
 
-from conftest import TINY, kill_train_after_a_checkpoint, run
+from conftest import TINY, kill_train_after_a_checkpoint, run, set_args
 
 pytestmark = pytest.mark.slow
 
@@ -28,7 +28,7 @@ DDP = ["trainer.strategy=ddp", "trainer.devices=2"]
 def train(project, overrides: list[str], exp: bool = False) -> dict:
     """Train with these overrides through `dvc exp run` (the whole pipeline) or `dvc repro train`."""
     if exp:
-        out = run(["dvc", "exp", "run", *[a for o in overrides for a in ("-S", o)]], project).stdout
+        out = run(["dvc", "exp", "run", *set_args(overrides)], project).stdout
     else:
         run(["python", "-m", "rnnlab.config", *overrides], project)
         out = run(["dvc", "repro", "train"], project).stdout

@@ -24,7 +24,7 @@ from typing import Any
 import pytest
 import yaml
 
-from conftest import REPO, TINY, copy_project, run
+from conftest import REPO, TINY, copy_project, run, set_args, train_outputs
 
 pytestmark = pytest.mark.slow  # real dvc (in-process status, `dvc commit`, `dvc repro`)
 
@@ -289,11 +289,6 @@ def test_planted_drifts_in_dvc_yaml_are_caught(workspace, tmp_path):
 # --- on a trained workspace ------------------------------------------------------------------------------------
 
 
-def train_outputs(root: Path) -> dict[str, bytes]:
-    return {str(p.relative_to(root)): p.read_bytes() for p in (root / "data" / "train").rglob("*")
-            if p.is_file() and "checkpoints" not in p.parts}
-
-
 def test_a_sampling_change_or_a_conf_comment_never_retrains(trained_project):
     project = trained_project  # TINY, `dvc repro`, committed
     trained = train_outputs(project)
@@ -312,17 +307,17 @@ def test_a_sampling_change_or_a_conf_comment_never_retrains(trained_project):
     run(["git", "checkout", "--", "conf"], project)
 
     # An MLflow experiment name reruns no stage but the params check ...
-    out = run(["dvc", "exp", "run", *[a for o in [*TINY, "tracking.experiment=other"] for a in ("-S", o)]],
+    out = run(["dvc", "exp", "run", *set_args([*TINY, "tracking.experiment=other"])],
               project).stdout
     assert "Running stage" not in out.replace("Running stage 'params'", ""), out
     # ... and another sampling temperature reruns sample and evaluate (it reads the samples), never train.
-    out = run(["dvc", "exp", "run", *[a for o in [*TINY, "sample.temperature=0.5"] for a in ("-S", o)]], project).stdout
+    out = run(["dvc", "exp", "run", *set_args([*TINY, "sample.temperature=0.5"])], project).stdout
     assert "Stage 'train' didn't change, skipping" in out and "Running stage 'train'" not in out, out
     assert "Running stage 'sample'" in out and "Running stage 'evaluate'" in out, out
     assert train_outputs(project) == trained
 
     # Registering the model already trained is the register stage alone: seconds, no training in the log.
-    out = run(["dvc", "exp", "run", *[a for o in [*TINY, "tracking.register_model=tiny-gru"] for a in ("-S", o)]],
+    out = run(["dvc", "exp", "run", *set_args([*TINY, "tracking.register_model=tiny-gru"])],
               project).stdout
     assert "Running stage 'register'" in out and "Running stage 'train'" not in out, out
     assert train_outputs(project) == trained

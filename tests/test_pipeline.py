@@ -9,7 +9,7 @@ import sqlite3
 
 import pytest
 
-from conftest import GIT, TINY, run, untracked_files
+from conftest import GIT, TINY, run, set_args, train_outputs, untracked_files
 
 pytestmark = pytest.mark.slow  # end to end: real dvc, sweeps, servers
 
@@ -79,12 +79,11 @@ def test_three_experiments_compare_in_120_columns_and_returning_to_one_restores_
 
     project = trained_project
     assert COMPARE in (REPO / "README.md").read_text()  # the command users copy
-    outputs = {p: p.read_bytes() for p in (project / "data" / "train").rglob("*") if p.is_file()
-               and "checkpoints" not in p.parts}  # the workspace's training: model, metrics, plots
+    outputs = train_outputs(project)  # the workspace's training: model, metrics, plots
     trained = None
     for variant in ("model=gru", "model=rnn", "trainer.gradient_clip_val=0.01"):  # 0.01: clipping fires
         start = time.perf_counter()
-        out = run(["dvc", "exp", "run", *[a for o in [*TINY, variant] for a in ("-S", o)]], project).stdout
+        out = run(["dvc", "exp", "run", *set_args([*TINY, variant])], project).stdout
         assert ("> python pipeline/train.py" in out) == (variant != "model=gru"), out
         if variant == "model=rnn":  # a real training: what the run cache's return is measured against
             trained = time.perf_counter() - start
@@ -115,7 +114,7 @@ def test_three_experiments_compare_in_120_columns_and_returning_to_one_restores_
     back = time.perf_counter() - start
     assert "Stage 'train' is cached - skipping run, checking out outputs" in out, out
     assert "> python pipeline/train.py" not in out
-    assert {p: p.read_bytes() for p in outputs} == outputs  # model, metrics, plots: the first variant's, restored
+    assert {p: (project / p).read_bytes() for p in outputs} == outputs  # model, metrics, plots: the first variant's, restored
     assert back < trained / 3, (back, trained)
 
 
@@ -185,7 +184,7 @@ def test_dvc_exp_run_of_a_word_model_on_pretokenized_splits_keeps_one_unk_and_ne
     run(["python", "-m", "rnnlab.config", *overrides], project)
     run([*GIT, "add", "-A"], project)
     run([*GIT, "commit", "-qm", "ptb-style splits"], project)
-    out = run(["dvc", "exp", "run", *[a for o in overrides for a in ("-S", o)]], project).stdout
+    out = run(["dvc", "exp", "run", *set_args(overrides)], project).stdout
     assert "Running stage 'evaluate'" in out
 
     train = project / "data" / "train"

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import BIN, TINY, run, untracked_files
+from conftest import BIN, TINY, run, set_args, untracked_files
 
 pytestmark = pytest.mark.slow  # end to end: real dvc, sweeps, servers
 
@@ -115,7 +115,7 @@ def test_dvc_queue_runs_land_in_the_root_database_and_a_trained_variant_comes_fr
     the queue's copies; rnn trains and logs to the root's MLflow database (DVC_ROOT), gru comes back from
     DVC's run cache without training (so without a new run)."""
     project = trained_project  # TINY (model=gru), `dvc repro`, committed
-    overrides = [arg for o in TINY for arg in ("-S", o)]
+    overrides = set_args(TINY)
     run(["dvc", "exp", "run", "--queue", *overrides, "-S", "model=rnn,gru"], project)
     run(["dvc", "queue", "start", "-j", "1"], project)
     deadline = time.time() + 300

@@ -23,7 +23,7 @@ from pathlib import Path
 import pytest
 
 import services
-from conftest import GIT, TINY, run
+from conftest import GIT, TINY, run, set_args
 
 pytestmark = pytest.mark.slow  # end to end: real dvc, sweeps, servers
 
@@ -75,7 +75,7 @@ def sweep_and_queue(project: Path, url: str, timings: dict) -> str:
     timings["sweep of 2 jobs"] = time.perf_counter() - start
     run(["python", "-m", "rnnlab.config", *SMALL], project)
     run([*GIT, "commit", "-qam", "tiny"], project)
-    run(["dvc", "exp", "run", "--queue", *[a for o in SMALL for a in ("-S", o)], "-S", "model=lstm"], project, env=env)
+    run(["dvc", "exp", "run", "--queue", *set_args(SMALL), "-S", "model=lstm"], project, env=env)
     start = time.perf_counter()
     run(["dvc", "queue", "start", "-j", "1"], project, env=env)
     status = wait_for_queue(project)
@@ -165,7 +165,7 @@ def test_a_dvc_remote_on_s3_carries_outputs_and_experiments_to_a_clone(trained_p
     run(["git", "remote", "add", "origin", str(origin)], project)
     run(["git", "push", "-q", "origin", "--all"], project)
     # sample.temperature reruns sample and evaluate only (seconds): an experiment with outputs of its own
-    run(["dvc", "exp", "run", *[a for o in TINY for a in ("-S", o)], "-S", "sample.temperature=0.5"], project)
+    run(["dvc", "exp", "run", *set_args(TINY), "-S", "sample.temperature=0.5"], project)
     (exp,) = [r["Experiment"] for r in exp_rows(project)]
     start = time.perf_counter()
     run(["dvc", "exp", "push", "origin", exp], project, env=env)
