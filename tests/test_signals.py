@@ -76,68 +76,50 @@ RESUMED = [*TINY, "trainer.max_steps=400", "trainer.val_check_interval=40", "gra
 
 @pytest.fixture(scope="module")
 def uninterrupted(tmp_path_factory) -> dict[str, str]:
-    """The outputs of one uninterrupted `dvc repro train` of RESUMED: the reference both signals resume to
-    (a project of its own; one training for the module instead of one per signal)."""
+    """The outputs of one uninterrupted `dvc repro train` of RESUMED: the numbers the stopped run resumes to
+    (a project of its own)."""
     reference = copy_project(tmp_path_factory.mktemp("reference"))
     run(["python", "-m", "rnnlab.config", *RESUMED], reference)
     run(["dvc", "repro", "train"], reference)
     return train_csvs(reference)
 
 
-@pytest.mark.slow
-@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
-def test_a_signal_stops_the_train_stage_and_dvc_repro_resumes_bit_exactly(project, uninterrupted, sig):
-    run(["python", "-m", "rnnlab.config", *RESUMED], project)
-    run(["dvc", "repro", "vocab"], project)
-
-    env = {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}"}
-    proc = subprocess.Popen(["python", "pipeline/train.py"], cwd=project, env=env, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True)
-    last = project / "data" / "train" / "checkpoints" / "last.ckpt"
-    deadline = time.time() + 180
-    while not last.exists() and time.time() < deadline and proc.poll() is None:
-        time.sleep(0.02)
-    proc.send_signal(sig)
-    out, err = proc.communicate(timeout=180)
-    assert proc.returncode == 128 + sig, (proc.returncode, err[-2000:])
-    assert [line for line in err.splitlines() if line.startswith("error:")] == [
-        f"error: stopped by {sig.name}; the last checkpoint, if any, is kept: run `dvc repro` (or the same "
-        "command) again to resume"], err[-2000:]
-    assert "Traceback" not in err and not (project / "data" / "train" / "metrics.json").exists(), "stopped too late"
-    assert statuses(project) == ["KILLED"]
-
-    resumed = run(["dvc", "repro", "train"], project).stdout
-    assert "resuming the interrupted training" in resumed
-    assert train_csvs(project) == uninterrupted  # to the last digit
-
-
 def start_training(project, env: dict | None = None) -> subprocess.Popen:
-    """`python pipeline/train.py` in `project`, once its first checkpoint is written."""
+    """`python pipeline/train.py` in `project`, once it has written a checkpoint (a new one, if one was there)."""
     env = env or {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}"}
+    last = project / "data" / "train" / "checkpoints" / "last.ckpt"
+    before = last.stat().st_mtime_ns if last.exists() else None
     proc = subprocess.Popen(["python", "pipeline/train.py"], cwd=project, env=env, stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True)
-    last = project / "data" / "train" / "checkpoints" / "last.ckpt"
     deadline = time.time() + 180
-    while not last.exists() and time.time() < deadline and proc.poll() is None:
+    while time.time() < deadline and proc.poll() is None and (
+            not last.exists() or last.stat().st_mtime_ns == before):
         time.sleep(0.02)
     return proc
 
 
 @pytest.mark.slow
-def test_sigusr1_outside_slurm_stops_the_train_stage_like_sigterm(project):
-    """Its default action would end the process without a word and leave the MLflow run RUNNING. (The
-    resume after it is the SIGINT path above: both end the fit through Lightning's KeyboardInterrupt.)"""
-    run(["python", "-m", "rnnlab.config", *TINY, "trainer.max_steps=400", "trainer.val_check_interval=40",
-         "gradstats.samples=0"], project)
+def test_each_signal_stops_the_train_stage_and_dvc_repro_resumes_bit_exactly(project, uninterrupted):
+    """SIGTERM, then SIGINT, then SIGUSR1 (outside SLURM: its default action would end the process without a
+    word and leave the MLflow run RUNNING), each to a training that resumed from the one before; then
+    `dvc repro` resumes once more and ends with the uninterrupted run's numbers."""
+    run(["python", "-m", "rnnlab.config", *RESUMED], project)
     run(["dvc", "repro", "vocab"], project)
-    proc = start_training(project)
-    proc.send_signal(signal.SIGUSR1)
-    out, err = proc.communicate(timeout=180)
-    assert proc.returncode == 138, (proc.returncode, err[-2000:])
-    assert [line for line in err.splitlines() if line.startswith("error:")] == [
-        "error: stopped by SIGUSR1; the last checkpoint, if any, is kept: run `dvc repro` (or the same "
-        "command) again to resume"], err[-2000:]
-    assert "Traceback" not in err and statuses(project) == ["KILLED"]
+    for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGUSR1):
+        proc = start_training(project)
+        proc.send_signal(sig)
+        out, err = proc.communicate(timeout=180)
+        assert proc.returncode == 128 + sig, (sig.name, proc.returncode, err[-2000:])
+        assert [line for line in err.splitlines() if line.startswith("error:")] == [
+            f"error: stopped by {sig.name}; the last checkpoint, if any, is kept: run `dvc repro` (or the same "
+            "command) again to resume"], err[-2000:]
+        assert "Traceback" not in err and not (project / "data" / "train" / "metrics.json").exists(), sig.name
+        assert statuses(project) == ["KILLED"], sig.name  # a resumed training goes on in the same MLflow run
+
+    resumed = run(["dvc", "repro", "train"], project).stdout
+    assert "resuming the interrupted training" in resumed
+    assert train_csvs(project) == uninterrupted  # to the last digit
+    assert statuses(project) == ["FINISHED"]
 
 
 @pytest.mark.slow
@@ -145,8 +127,7 @@ def test_slurm_requeue_signal_saves_a_checkpoint_requeues_and_the_next_run_resum
     """SIGUSR1 under SLURM (`#SBATCH --signal=USR1@120`): Lightning's SLURMEnvironment saves hpc_ckpt_1.ckpt
     and calls `scontrol requeue <job>` (here a stand-in that logs its arguments and, as SLURM does, ends
     the job with SIGTERM); the requeued job (`dvc repro`) resumes from that checkpoint."""
-    run(["python", "-m", "rnnlab.config", *TINY, "trainer.max_steps=400", "trainer.val_check_interval=40",
-         "gradstats.samples=0"], project)
+    run(["python", "-m", "rnnlab.config", *RESUMED], project)
     run(["dvc", "repro", "vocab"], project)
     fake_bin, log = tmp_path / "slurm-bin", tmp_path / "scontrol.log"
     fake_bin.mkdir()
