@@ -1,20 +1,16 @@
 """Sweeps: Hydra multirun (basic and joblib launchers) with MLflow parent/child runs and a report;
-the DVC experiment queue; one-line errors for bad sweep overrides."""
+one-line errors for bad sweep overrides."""
 
 from __future__ import annotations
 
-import csv
-import io
-import json
 import os
 import sqlite3
 import subprocess
-import time
 from pathlib import Path
 
 import pytest
 
-from conftest import BIN, TINY, run, set_args, untracked_files
+from conftest import BIN, TINY, run, untracked_files
 
 pytestmark = pytest.mark.slow  # end to end: real dvc, sweeps, servers
 
@@ -108,30 +104,3 @@ def test_a_failing_job_ends_the_sweep_with_one_line_and_a_failed_parent_run(proj
     db = sqlite3.connect(project / "mlflow.db")
     statuses = dict(db.execute("select name, status from runs").fetchall())
     assert len(statuses) == 1 and list(statuses.values()) == ["FAILED"]  # the parent; no job got to training
-
-
-def test_dvc_queue_runs_land_in_the_root_database_and_a_trained_variant_comes_from_the_run_cache(trained_project):
-    """`dvc exp run --queue -S model=rnn,gru` on a workspace that trained gru: both experiments complete in
-    the queue's copies; rnn trains and logs to the root's MLflow database (DVC_ROOT), gru comes back from
-    DVC's run cache without training (so without a new run)."""
-    project = trained_project  # TINY (model=gru), `dvc repro`, committed
-    overrides = set_args(TINY)
-    run(["dvc", "exp", "run", "--queue", *overrides, "-S", "model=rnn,gru"], project)
-    run(["dvc", "queue", "start", "-j", "1"], project)
-    deadline = time.time() + 300
-    while time.time() < deadline:
-        status = run(["dvc", "queue", "status"], project).stdout
-        if "Queued" not in status and "Running" not in status:
-            break
-        time.sleep(2)
-    assert "Failed" not in status, status
-    rows = list(csv.DictReader(io.StringIO(run(["dvc", "exp", "show", "--no-pager", "--csv"], project).stdout)))
-    exps = {r["model.name"]: r for r in rows if r["typ"].startswith("branch")}
-    assert sorted(exps) == ["gru", "rnn"] and all(float(r["test.bpc"]) > 0 for r in exps.values())
-    trained = json.loads((project / "data" / "eval" / "metrics.json").read_text())["test"]["bpc"]
-    assert float(exps["gru"]["test.bpc"]) == pytest.approx(trained, rel=1e-4)  # the workspace's gru, restored
-    db = sqlite3.connect(project / "mlflow.db")
-    names = {v for (v,) in db.execute("select value from tags where key = 'dvc_exp_name'")}
-    assert names == {exps["rnn"]["Experiment"]}  # gru did not train again
-    report = run(["python", "pipeline/report.py", "--dvc"], project).stdout
-    assert "1 run;" in report and max(map(len, report.splitlines())) <= 120
