@@ -224,18 +224,20 @@ def untracked_files(project) -> list[str]:
 
 
 def kill_train_after_a_checkpoint(project: Path, delay: tuple[float, float]) -> Path:
-    """Start `dvc repro train`, wait for its first checkpoint, wait a random time in `delay` (seconds), then
-    kill -9 the whole process group (dvc, the training and any DDP processes); returns last.ckpt."""
+    """Start `dvc repro train`, wait for its first checkpoint (a new one, if one was there), wait a random time
+    in `delay` (seconds), then kill -9 the whole process group (dvc, the training and any DDP processes);
+    returns last.ckpt."""
     import random
     import signal
     import time
 
     env = {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}"}
+    last = project / "data" / "train" / "checkpoints" / "last.ckpt"
+    before = last.stat().st_mtime_ns if last.exists() else None
     proc = subprocess.Popen(["dvc", "repro", "train"], cwd=project, env=env, start_new_session=True,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    last = project / "data" / "train" / "checkpoints" / "last.ckpt"
     deadline = time.time() + 180
-    while not last.exists() and time.time() < deadline and proc.poll() is None:
+    while time.time() < deadline and proc.poll() is None and (not last.exists() or last.stat().st_mtime_ns == before):
         time.sleep(0.02)
     time.sleep(random.uniform(*delay))
     os.killpg(proc.pid, signal.SIGKILL)

@@ -19,7 +19,7 @@ import lightning.pytorch as pl
 import pytest
 import torch
 
-from conftest import TINY, kill_train_after_a_checkpoint, run, conf_spec
+from conftest import conf_spec, run
 from rnnlab.errors import UserError
 from test_mlflow_ui import mlflow_server_control, restore_mlflow_uri  # noqa: F401  (fixtures)
 from test_training import run_training, tiny_job
@@ -276,28 +276,7 @@ def test_a_wrong_type_in_a_sample_override_is_one_line(tmp_path):
     assert (proc.returncode, proc.stderr) == (2, "error: sample.temperature='hot': expected a number\n")
 
 
-# --- end to end: kill -9 and dvc repro, a hand-edited params.yaml (two sweeps at once: test_sweep.py) --
-
-
-def train_csvs(project: Path) -> dict[str, str]:
-    out = project / "data" / "train"
-    return {name: (out / name).read_text() for name in ("metrics.json", "val.csv", "loss.csv", "grad_norm.csv")}
-
-
-def test_kill_9_at_a_random_step_then_dvc_repro_gives_the_uninterrupted_numbers(project, tmp_path):
-    overrides = [*TINY, "trainer.max_steps=600", "trainer.val_check_interval=50", "gradstats.samples=0",
-                 "model.dropout=0.0"]
-    run(["python", "-m", "rnnlab.config", *overrides], project)
-    reference = tmp_path / "reference"
-    run(["cp", "-a", str(project), str(reference)], tmp_path)
-    run(["dvc", "repro", "train"], reference)
-
-    last = kill_train_after_a_checkpoint(project, delay=(0, 1.5))  # between two checkpoints
-    assert last.exists() and not (project / "data" / "train" / "metrics.json").exists(), "killed too late"
-
-    out = run(["dvc", "repro", "train"], project).stdout
-    assert "resuming the interrupted training" in out
-    assert train_csvs(project) == train_csvs(reference)  # to the last digit
+# --- end to end: a hand-edited params.yaml (kill -9: test_signals.py; two sweeps at once: test_sweep.py) --
 
 
 def test_a_hand_edited_params_yaml_keeps_the_outputs_of_dvc_repro(trained_project):

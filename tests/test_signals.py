@@ -14,7 +14,7 @@ import time
 
 import pytest
 
-from conftest import BIN, TINY, copy_project, run
+from conftest import BIN, TINY, copy_project, kill_train_after_a_checkpoint, run
 from rnnlab import runtime
 from rnnlab.errors import Stopped, entry_point
 
@@ -74,12 +74,15 @@ def train_csvs(project) -> dict[str, str]:
 RESUMED = [*TINY, "trainer.max_steps=400", "trainer.val_check_interval=40", "gradstats.samples=0"]
 
 
+CHAIN = [*TINY, "trainer.max_steps=600", "trainer.val_check_interval=40", "gradstats.samples=0"]  # four stops
+
+
 @pytest.fixture(scope="module")
 def uninterrupted(tmp_path_factory) -> dict[str, str]:
-    """The outputs of one uninterrupted `dvc repro train` of RESUMED: the numbers the stopped run resumes to
+    """The outputs of one uninterrupted `dvc repro train` of CHAIN: the numbers the stopped run resumes to
     (a project of its own)."""
     reference = copy_project(tmp_path_factory.mktemp("reference"))
-    run(["python", "-m", "rnnlab.config", *RESUMED], reference)
+    run(["python", "-m", "rnnlab.config", *CHAIN], reference)
     run(["dvc", "repro", "train"], reference)
     return train_csvs(reference)
 
@@ -99,11 +102,12 @@ def start_training(project, env: dict | None = None) -> subprocess.Popen:
 
 
 @pytest.mark.slow
-def test_each_signal_stops_the_train_stage_and_dvc_repro_resumes_bit_exactly(project, uninterrupted):
+def test_each_signal_and_kill_9_stop_the_train_stage_and_dvc_repro_resumes_bit_exactly(project, uninterrupted):
     """SIGTERM, then SIGINT, then SIGUSR1 (outside SLURM: its default action would end the process without a
-    word and leave the MLflow run RUNNING), each to a training that resumed from the one before; then
-    `dvc repro` resumes once more and ends with the uninterrupted run's numbers."""
-    run(["python", "-m", "rnnlab.config", *RESUMED], project)
+    word and leave the MLflow run RUNNING), each to a training that resumed from the one before; then kill -9
+    of `dvc repro train` at a random moment between two checkpoints; then `dvc repro` resumes once more and
+    ends with the uninterrupted run's numbers."""
+    run(["python", "-m", "rnnlab.config", *CHAIN], project)
     run(["dvc", "repro", "vocab"], project)
     for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGUSR1):
         proc = start_training(project)
@@ -115,6 +119,8 @@ def test_each_signal_stops_the_train_stage_and_dvc_repro_resumes_bit_exactly(pro
             "command) again to resume"], err[-2000:]
         assert "Traceback" not in err and not (project / "data" / "train" / "metrics.json").exists(), sig.name
         assert statuses(project) == ["KILLED"], sig.name  # a resumed training goes on in the same MLflow run
+    last = kill_train_after_a_checkpoint(project, delay=(0, 1.5))  # between two checkpoints
+    assert last.exists() and not (project / "data" / "train" / "metrics.json").exists(), "killed too late"
 
     resumed = run(["dvc", "repro", "train"], project).stdout
     assert "resuming the interrupted training" in resumed
