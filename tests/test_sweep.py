@@ -17,6 +17,15 @@ pytestmark = pytest.mark.slow  # end to end: real dvc, sweeps, servers
 SMALL = [*TINY, "trainer.max_steps=10", "trainer.val_check_interval=5"]
 
 
+def sweep_runs(project: Path) -> tuple[tuple, list[tuple]]:
+    db = sqlite3.connect(project / "mlflow.db")
+    parents = db.execute("select run_uuid, name from runs where name like 'sweep %'").fetchall()
+    assert len(parents) == 1
+    children = db.execute("select r.run_uuid, r.name, r.status from runs r join tags t on t.run_uuid = r.run_uuid "
+                          "where t.key = 'mlflow.parentRunId' and t.value = ?", (parents[0][0],)).fetchall()
+    return parents[0], children
+
+
 def metric_keys(project: Path, run_uuid: str) -> set[str]:
     db = sqlite3.connect(project / "mlflow.db")
     return {k for (k,) in db.execute("select distinct key from metrics where run_uuid = ?", (run_uuid,))}
