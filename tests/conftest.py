@@ -13,6 +13,7 @@ import shutil
 import sqlite3
 import subprocess
 import sys
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -51,14 +52,45 @@ def conf_spec(key: str, **changes):
     return spec(key, REPO / "conf", **changes)
 
 
+DURATIONS = Path(__file__).with_name("durations.json")  # seconds per test file, from `pytest --store-durations`
+
+
 def pytest_collection_modifyitems(config, items) -> None:
-    """Files with slow tests first: pytest-xdist hands each worker whole files (`--dist loadfile`), two ahead;
-    with the long files first and the quick ones last, both workers finish at about the same time."""
-    slow = {item.path for item in items if item.get_closest_marker("slow")}
-    items.sort(key=lambda item: item.path not in slow)  # stable: the order within each group is kept
+    """The costliest files first (longest-processing-time first): pytest-xdist hands each worker whole files
+    (`--dist loadfile`) in this order (`--no-loadscope-reorder`; its default orders by number of tests, which
+    left the DDP and team-server files for the end of one worker), so the long files start at once and the
+    short ones even out the end. A file not in tests/durations.json goes last."""
+    cost = json.loads(DURATIONS.read_text(encoding="utf-8"))
+    items.sort(key=lambda item: -cost.get(item.path.name, 0.0))  # stable: a file's tests stay together, in order
+
+
+def pytest_runtest_logreport(report) -> None:
+    """Add up each file's set-up, call and tear-down times (in the controller: pytest-xdist sends it every report)."""
+    SPENT[report.nodeid.split("::")[0].rsplit("/", 1)[-1]] += report.duration
+
+
+SPENT: Counter = Counter()
+
+
+def pytest_sessionfinish(session, exitstatus) -> None:
+    """`--store-durations`: after a whole, passing `pytest`, write each file's seconds to tests/durations.json."""
+    config = session.config
+    if not config.getoption("--store-durations") or os.environ.get("PYTEST_XDIST_WORKER"):
+        return
+    whole = config.args_source == pytest.Config.ArgsSource.TESTPATHS and not any(
+        getattr(config.option, name, None) for name in ("markexpr", "keyword", "lf", "stepwise", "collectonly"))
+    if exitstatus != 0 or not whole or not SPENT:
+        print("\n--store-durations: not stored (it needs a whole, passing run: no paths, -m, -k, --lf or --sw)")
+        return
+    costs = {name: round(seconds, 1) for name, seconds in SPENT.most_common()}
+    from rnnlab.files import write_text
+
+    write_text(DURATIONS, "{\n" + ",\n".join(f" {json.dumps(k)}: {v}" for k, v in costs.items()) + "\n}\n")
 
 
 def pytest_addoption(parser) -> None:
+    parser.addoption("--store-durations", action="store_true",
+                     help="after a whole, passing run, write each test file's seconds to tests/durations.json")
     parser.addoption("--refresh-docs", action="store_true",
                      help="let the MLflow UI test write docs/mlflow-ui.png (tests write nowhere else in the repo)")
 
