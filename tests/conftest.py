@@ -59,9 +59,9 @@ def pytest_collection_modifyitems(config, items) -> None:
     """The costliest files first (longest-processing-time first): pytest-xdist hands each worker whole files
     (`--dist loadfile`) in this order (`--no-loadscope-reorder`; its default orders by number of tests, which
     left the DDP and team-server files for the end of one worker), so the long files start at once and the
-    short ones even out the end. A file not in tests/durations.json goes last."""
+    short ones even out the end. A file not yet in tests/durations.json goes first: it may be a long one."""
     cost = json.loads(DURATIONS.read_text(encoding="utf-8"))
-    items.sort(key=lambda item: -cost.get(item.path.name, 0.0))  # stable: a file's tests stay together, in order
+    items.sort(key=lambda item: -cost.get(item.path.name, float("inf")))  # stable: a file's tests stay together, in order
 
 
 def pytest_runtest_logreport(report) -> None:
