@@ -60,7 +60,7 @@ def pytest_collection_modifyitems(config, items) -> None:
     (`--dist loadfile`) in this order (`--no-loadscope-reorder`; its default orders by number of tests, which
     left the DDP and team-server files for the end of one worker), so the long files start at once and the
     short ones even out the end. A file not yet in tests/durations.json goes first: it may be a long one."""
-    cost = json.loads(DURATIONS.read_text(encoding="utf-8"))
+    cost = json.loads(DURATIONS.read_text(encoding="utf-8")) if DURATIONS.exists() else {}
     items.sort(key=lambda item: -cost.get(item.path.name, float("inf")))  # stable: a file's tests stay together, in order
 
 
