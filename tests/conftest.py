@@ -64,12 +64,12 @@ def pytest_collection_modifyitems(config, items) -> None:
     items.sort(key=lambda item: -cost.get(item.path.name, float("inf")))  # stable: a file's tests stay together, in order
 
 
+SPENT: Counter = Counter()  # test file name -> seconds of set-up, call and tear-down in this run
+
+
 def pytest_runtest_logreport(report) -> None:
-    """Add up each file's set-up, call and tear-down times (in the controller: pytest-xdist sends it every report)."""
-    SPENT[report.nodeid.split("::")[0].rsplit("/", 1)[-1]] += report.duration
-
-
-SPENT: Counter = Counter()
+    """Add up each file's time (in the controller: pytest-xdist sends it every report)."""
+    SPENT[Path(report.nodeid.split("::")[0]).name] += report.duration
 
 
 def pytest_sessionfinish(session, exitstatus) -> None:
@@ -82,10 +82,9 @@ def pytest_sessionfinish(session, exitstatus) -> None:
     if exitstatus != 0 or not whole or not SPENT:
         print("\n--store-durations: not stored (it needs a whole, passing run: no paths, -m, -k, --lf or --sw)")
         return
-    costs = {name: round(seconds, 1) for name, seconds in SPENT.most_common()}
-    from rnnlab.files import write_text
+    from rnnlab.files import write_json
 
-    write_text(DURATIONS, "{\n" + ",\n".join(f" {json.dumps(k)}: {v}" for k, v in costs.items()) + "\n}\n")
+    write_json(DURATIONS, {name: round(seconds, 1) for name, seconds in SPENT.most_common()})
 
 
 def pytest_addoption(parser) -> None:
