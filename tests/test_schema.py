@@ -148,18 +148,24 @@ def test_values_that_would_reach_torch_or_lightning_unchecked_are_one_line_error
         config.spec(key, REPO / "conf", **changes)
 
 
-def test_a_seed_beyond_lightnings_range_and_yaml_1_1_numbers():
+def test_a_seed_beyond_lightnings_range_and_yaml_1_1_numbers(tmp_path):
     from rnnlab.errors import UserError
-    from rnnlab.params import build
+    from rnnlab.params import load, with_overrides
 
     params = config.defaults(REPO / "conf")
     with pytest.raises(UserError, match=r"^seed=4294967296 must be between 0 and 4294967295"):
         params.replace(seed=2**32)
-    # PyYAML reads 1e-9 as text (YAML 1.1 wants 1.0e-9); Hydra reads a number, and so does the schema
-    spec = build(schema.SampleSpec, "sample", params.section("sample") | {"temperature": "1e-9", "top_p": "5e-1"})
+    # PyYAML reads 1e-9 as text (YAML 1.1 wants 1.0e-9); Hydra reads a number, and so do params.yaml's reader
+    # (a file `dvc exp run -S` rewrote holds 1e-09) and the sample stage's command-line overrides
+    text = (REPO / "params.yaml").read_text(encoding="utf-8")
+    changed = text.replace("\n  temperature: 0.8\n", "\n  temperature: 1e-9\n")
+    assert changed != text
+    (tmp_path / "params.yaml").write_text(changed, encoding="utf-8")
+    assert load(tmp_path / "params.yaml").sample.temperature == 1e-9
+    spec = with_overrides(params, ["sample.temperature=1e-9", "sample.top_p=5e-1"]).sample
     assert (spec.temperature, spec.top_p) == (1e-9, 0.5)
     with pytest.raises(UserError, match=r"^sample.temperature='hot': expected a number"):
-        build(schema.SampleSpec, "sample", params.section("sample") | {"temperature": "hot"})
+        with_overrides(params, ["sample.temperature=hot"])
 
 
 def test_metrics_files_are_strict_json():

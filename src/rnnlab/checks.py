@@ -20,9 +20,6 @@ from typing import Any, Union
 from rnnlab.choices import SPLIT_NAMES
 from rnnlab.errors import UserError
 
-NUMBER = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?")
-
-
 def describe(hint: Any) -> str:
     if typing.get_origin(hint) in (Union, types.UnionType):
         return " or ".join(describe(a) for a in typing.get_args(hint))
@@ -78,16 +75,6 @@ def check_number(key: str, value: Any) -> None:
             raise UserError(f"{key}={item}: too large (float32 holds numbers up to 3.4e38)")
         if isinstance(item, int) and not isinstance(item, bool) and abs(item) > INT_LIMIT:
             raise UserError(f"{key}={item}: too large (at most 2**53)")
-
-
-def yaml_numbers(cls: type, values: dict) -> dict:
-    """`values` with YAML 1.1's unread number forms (`1e-9`, which PyYAML keeps as text but Hydra reads as a
-    number) turned into numbers where `cls` declares a float. Kept rather than `OmegaConf.load` for params.yaml:
-    the sample stage's command-line values are single YAML scalars too, and only OmegaConf's private loader
-    (`omegaconf._utils.get_yaml_loader`) reads those as Hydra does; one public rule here serves both."""
-    hints = typing.get_type_hints(cls)
-    return {k: float(v) if isinstance(v, str) and k in hints and matches(1.5, hints[k]) and not matches(v, hints[k])
-            and NUMBER.fullmatch(v.strip()) else v for k, v in values.items()}
 
 
 def one_of(key: str, value: Any, allowed: tuple[str, ...]) -> None:

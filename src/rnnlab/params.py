@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from rnnlab.errors import UserError
-from rnnlab.checks import between, check_types, yaml_numbers
+from rnnlab.checks import between, check_types
 from rnnlab.schema import (CorpusSpec, DataSpec, EvaluateSpec, GradStatsSpec, ModelSpec, OptimSpec, PathsSpec,
                            SampleSpec, TrackingSpec, TrainerSpec, VocabSpec)
 
@@ -116,7 +116,7 @@ def build(cls: type, key: str, values: Any) -> Any:
     unset = [k for k, v in values.items() if v == "???"]
     if unset:
         raise UserError(f"{key}.{unset[0]} must be set: add {key}.{unset[0]}=<value> to your overrides")
-    return cls(**yaml_numbers(cls, values))
+    return cls(**values)
 
 
 def trainer_extra(values: dict, declared: list[str]) -> dict:
@@ -152,17 +152,20 @@ def from_dict(values: Any) -> Params:
 
 
 def load(path: str | Path = "params.yaml") -> Params:
-    """params.yaml, checked, as a `Params`."""
+    """params.yaml, checked, as a `Params`. OmegaConf reads it as Hydra wrote it: `1e-9` is a number (YAML 1.1,
+    and so PyYAML, keeps it as text)."""
     import yaml
+    from omegaconf import OmegaConf
+    from omegaconf.errors import OmegaConfBaseException
 
     path = Path(path)
     if not path.exists():
         raise UserError(f"no {path} here; run from the repository root, or create it: python -m rnnlab.config")
     try:
-        values = yaml.safe_load(path.read_text(encoding="utf-8"))
+        values = OmegaConf.to_container(OmegaConf.load(path))
     except OSError as err:
         raise UserError(f"cannot read {path} ({err.strerror or err}); {RECOMPOSE}") from None
-    except (yaml.YAMLError, UnicodeDecodeError) as err:
+    except (yaml.YAMLError, UnicodeDecodeError, OmegaConfBaseException) as err:
         first = str(err).strip().splitlines()[0]
         raise UserError(f"{path} is not valid YAML ({first}); fix it, or {RECOMPOSE}") from None
     return from_dict(values)
@@ -184,10 +187,12 @@ def with_overrides(params: Params, overrides: list[str]) -> Params:
 
 
 def parse(item: str, text: str) -> Any:
-    """A command-line value as YAML reads it (`build` then reads 1e-9 as a number, as Hydra does)."""
+    """A command-line value as Hydra reads it (1e-9 is a number)."""
     import yaml
+    from omegaconf import OmegaConf
+    from omegaconf.errors import OmegaConfBaseException
 
     try:
-        return yaml.safe_load(text)
-    except yaml.YAMLError:
+        return OmegaConf.to_container(OmegaConf.from_dotlist([f"value={text}"]))["value"]
+    except (yaml.YAMLError, OmegaConfBaseException):
         raise UserError(f"override {item!r}: {text!r} is not a value (a number, true/false, null, text)") from None
