@@ -7,6 +7,7 @@ Two tiers: end-to-end tests (real `dvc`, sweeps, servers, the browser) are marke
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import shutil
@@ -123,13 +124,27 @@ def vocab_dir(tmp_path: Path, fresh_mlflow_db) -> Path:
 
 def tiny_params(tmp_path: Path, *overrides: str):
     """The real config (conf/) shrunk by TINY, every path and the MLflow store inside `tmp_path`."""
-    from rnnlab.config import compose
+    from rnnlab.params import from_dict
 
-    corpus = tmp_path / "tiny.txt"
-    corpus.write_text(TINY_TEXT, encoding="utf-8")
-    paths = [f"paths.{k}={tmp_path / 'data' / k}" for k in ("raw", "prepared", "vocab", "train", "samples", "eval", "state")]
-    return compose([*TINY, f"corpus.path={corpus}", *paths, f"tracking.uri=sqlite:///{tmp_path / 'mlflow.db'}",
-                    *overrides], REPO / "conf")  # a checked rnnlab.params.Params
+    (tmp_path / "tiny.txt").write_text(TINY_TEXT, encoding="utf-8")
+    text = tiny_composition(overrides).replace(json.dumps(ROOT)[1:-1], json.dumps(str(tmp_path))[1:-1])
+    return from_dict(json.loads(text))  # a checked rnnlab.params.Params
+
+
+ROOT = "/nonexistent/rnnlab-tiny-root"  # tiny_params' stand-in for a test's tmp_path while Hydra composes
+
+
+@functools.lru_cache(maxsize=None)
+def tiny_composition(overrides: tuple[str, ...]) -> str:
+    """tiny_params' composition with ROOT for tmp_path, as the JSON of params.yaml's values: Hydra composes each
+    set of overrides once per worker (~0.13 s a time), and every test gets its own copy with its own paths."""
+    from rnnlab.config import compose
+    from rnnlab.params import SECTIONS
+
+    paths = [f"paths.{k}={ROOT}/data/{k}" for k in ("raw", "prepared", "vocab", "train", "samples", "eval", "state")]
+    params = compose([*TINY, f"corpus.path={ROOT}/tiny.txt", *paths, f"tracking.uri=sqlite:///{ROOT}/mlflow.db",
+                      *overrides], REPO / "conf")
+    return json.dumps({key: params.section(key) for key in (*SECTIONS, "seed", "threads", "callbacks")})
 
 
 def set_args(overrides: list[str]) -> list[str]:

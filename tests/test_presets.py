@@ -8,6 +8,7 @@ extraction code a real run uses.
 
 from __future__ import annotations
 
+import functools
 import zipfile
 from pathlib import Path
 
@@ -31,7 +32,9 @@ WIKI = {  # WikiText style: headings, empty lines, <unk>, @-@
 }
 
 
+@functools.lru_cache(maxsize=None)
 def spec_of(*overrides: str) -> corpus.CorpusSpec:
+    """conf/'s corpus section with `overrides` (frozen: each set is composed once per worker)."""
     return config.compose(list(overrides), REPO / "conf").corpus
 
 

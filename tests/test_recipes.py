@@ -9,6 +9,7 @@ pre-tokenised corpus: only the data is small).
 
 from __future__ import annotations
 
+import functools
 from pathlib import Path
 
 import pytest
@@ -22,7 +23,9 @@ RECIPES = ("zaremba_small", "zaremba_medium", "wlm", "awd_small", "awd_small_256
 PTB_VOCAB = 10_000
 
 
+@functools.lru_cache(maxsize=None)
 def recipe(name: str, *overrides: str):
+    """conf/ with the experiment `name` (a frozen Params: each recipe is composed once per worker)."""
     return config.compose([f"+experiment={name}", *overrides], REPO / "conf")
 
 
