@@ -144,7 +144,7 @@ def tiny_composition(overrides: tuple[str, ...]) -> str:
     paths = [f"paths.{k}={ROOT}/data/{k}" for k in ("raw", "prepared", "vocab", "train", "samples", "eval", "state")]
     params = compose([*TINY, f"corpus.path={ROOT}/tiny.txt", *paths, f"tracking.uri=sqlite:///{ROOT}/mlflow.db",
                       *overrides], REPO / "conf")
-    return json.dumps({key: params.section(key) for key in (*SECTIONS, "seed", "threads", "callbacks")})
+    return json.dumps(params.select((*SECTIONS, "seed", "threads", "callbacks")))
 
 
 def set_args(overrides: list[str]) -> list[str]:

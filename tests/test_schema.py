@@ -15,6 +15,8 @@ import typing
 from pathlib import Path
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from omegaconf import OmegaConf
 
 from conftest import REPO
@@ -180,3 +182,26 @@ def test_metrics_files_are_strict_json():
         files.write_json("/dev/null", {"x": math.nan})  # never `NaN` / `Infinity` in a metrics file
     text = json.dumps(metrics, allow_nan=False)
     json.loads(text, parse_constant=lambda c: pytest.fail(f"non-standard JSON constant {c}"))
+
+
+@settings(max_examples=40, deadline=None)
+@given(data=st.data(), key=st.one_of(st.integers(), st.floats(allow_nan=False), st.booleans()))
+def test_a_key_that_is_not_text_at_any_depth_is_one_line(data, key):
+    """YAML reads `1:`, `1.5:` or `true:` as keys; wherever one lands in params.yaml's values, the error is one
+    line naming it (not a TypeError from sorting it among the text keys)."""
+    from rnnlab.errors import UserError
+    from rnnlab.params import SECTIONS
+
+    values = config.defaults(REPO / "conf").select((*SECTIONS, "seed", "threads", "callbacks"))
+    mapping, where = values, ""
+    while True:  # a drawn mapping among the values: the top, a section, or one inside a section
+        inner = sorted(k for k, v in mapping.items() if isinstance(v, dict))
+        if not inner or not data.draw(st.booleans()):
+            break
+        name = data.draw(st.sampled_from(inner))
+        mapping, where = mapping[name], f"{where}{name}."
+    mapping[key] = "x"
+    with pytest.raises(UserError) as err:
+        from_dict(values)
+    assert str(err.value).startswith(f"params.yaml has the key {where}{key!r}, which is not a name")
+    assert "\n" not in str(err.value)

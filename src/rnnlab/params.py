@@ -139,6 +139,7 @@ def from_dict(values: Any) -> Params:
     """Check a whole composed config (plain containers) in one pass and build its `Params`."""
     if not isinstance(values, dict):
         raise UserError(f"params.yaml is not a mapping of sections; {RECOMPOSE}")
+    text_keys(values)
     top = {f.name for f in dataclasses.fields(Params)} - {"choices"} - set(SECTIONS)
     for key in [*SECTIONS, *sorted(top)]:
         if key not in values:
@@ -149,6 +150,17 @@ def from_dict(values: Any) -> Params:
     sections = {key: build(cls, key, values[key]) for key, cls in SECTIONS.items()}
     choices = {key: values[key]["name"] for key in SECTIONS if "name" in values[key]}
     return Params(**sections, **{k: values[k] for k in top}, choices=choices)
+
+
+def text_keys(value: Any, where: str = "") -> None:
+    """Every key, at any depth, is text: YAML also reads `1:`, `1.5:` or `true:` as keys, which no section has
+    (and which sort with no other key)."""
+    items = value.items() if isinstance(value, dict) else enumerate(value) if isinstance(value, list) else ()
+    for key, item in items:
+        if isinstance(value, dict) and not isinstance(key, str):
+            raise UserError(f"params.yaml has the key {where}{key!r}, which is not a name; keys are text "
+                            f"(e.g. model.hidden_size); {RECOMPOSE}")
+        text_keys(item, f"{where}{key}.")
 
 
 def load(path: str | Path = "params.yaml") -> Params:
